@@ -1,0 +1,3 @@
+from cnnbench.train import main
+
+main()

@@ -1,0 +1,398 @@
+"""Datasets as uint8 tensors on the run's device, and the loader that batches them.
+
+A split is found on disk (the configured root, then system folders, then a torchvision
+download), decoded once into a uint8 tensor of shape (N, C, H, W), cached as a `.pt`
+file, and moved to the device once. Batches are sliced with a seeded permutation and
+converted to float, normalised and resized on the device.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import hashlib
+import os
+import pickle
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+class DataError(RuntimeError):
+    """Missing, truncated or corrupt data; the message says what and where."""
+
+
+@dataclass(frozen=True)
+class Spec:
+    title: str
+    classes: tuple[str, ...]
+    channels: int
+    size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    folders: tuple[str, ...]  # sub-folders of a root that may hold the files
+    system_folders: tuple[str, ...] = ()  # where OS packages install the files
+    torchvision_name: str = ""
+
+
+IDX_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+CIFAR_FILES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
+
+SPECS = {
+    "mnist": Spec(
+        title="MNIST",
+        classes=tuple(str(d) for d in range(10)),
+        channels=1,
+        size=28,
+        mean=(0.1307,),
+        std=(0.3081,),
+        folders=("mnist", "MNIST/raw", "."),
+        torchvision_name="MNIST",
+    ),
+    "fashion_mnist": Spec(
+        title="Fashion-MNIST",
+        classes=(
+            "T-shirt/top",
+            "Trouser",
+            "Pullover",
+            "Dress",
+            "Coat",
+            "Sandal",
+            "Shirt",
+            "Sneaker",
+            "Bag",
+            "Ankle boot",
+        ),
+        channels=1,
+        size=28,
+        mean=(0.2860,),
+        std=(0.3530,),
+        folders=("fashion-mnist", "fashion_mnist", "FashionMNIST/raw", "."),
+        system_folders=("/usr/share/datasets/fashion-mnist",),  # Debian: dataset-fashion-mnist
+        torchvision_name="FashionMNIST",
+    ),
+    "cifar10": Spec(
+        title="CIFAR-10",
+        classes=(
+            "airplane",
+            "automobile",
+            "bird",
+            "cat",
+            "deer",
+            "dog",
+            "frog",
+            "horse",
+            "ship",
+            "truck",
+        ),
+        channels=3,
+        size=32,
+        mean=(0.4914, 0.4822, 0.4465),
+        std=(0.2470, 0.2435, 0.2616),
+        folders=("cifar-10-batches-py", "cifar10/cifar-10-batches-py", "."),
+        torchvision_name="CIFAR10",
+    ),
+}
+
+
+# ---------------------------------------------------------------------------- finding
+
+
+def _source_files(name: str, split: str) -> list[str]:
+    return CIFAR_FILES[split] if name == "cifar10" else list(IDX_FILES[split])
+
+
+def _find_in(folder: Path, name: str, split: str) -> list[Path] | None:
+    """The split's files in `folder` (IDX files raw or gzipped), or None if any is missing."""
+    found = []
+    for base in _source_files(name, split):
+        candidates = [folder / base, folder / f"{base}.gz"]
+        hit = next((p for p in candidates if p.is_file()), None)
+        if hit is None:
+            return None
+        found.append(hit)
+    return found
+
+
+def _search_folders(name: str, root: Path) -> list[Path]:
+    spec = SPECS[name]
+    return [root / sub for sub in spec.folders] + [Path(p) for p in spec.system_folders]
+
+
+def find(name: str, split: str, root: Path, download: bool) -> list[Path]:
+    """Locate the files of a split, downloading them with torchvision as the last resort."""
+    folders = _search_folders(name, root)
+    for folder in folders:
+        if (files := _find_in(folder, name, split)) is not None:
+            return files
+    problem = "dataset.download=false"
+    if download:
+        try:
+            _download(name, root)
+        except (OSError, RuntimeError) as err:  # offline, disk full, no permission
+            reason = " ".join(str(err).split())  # torchvision lists each mirror on its own line
+            problem = f"the download failed ({type(err).__name__}: {reason})"
+        else:
+            for folder in folders:
+                if (files := _find_in(folder, name, split)) is not None:
+                    return files
+            problem = "the download left no files where they were expected"
+    spec = SPECS[name]
+    looked = "\n".join(f"  - {f}" for f in folders)
+    hint = (
+        "\n  - or, on Debian/Ubuntu: apt-get install dataset-fashion-mnist"
+        if spec.system_folders
+        else ""
+    )
+    raise DataError(
+        f"{spec.title} ({split} split) not found, and {problem}.\n"
+        f"Looked for {', '.join(_source_files(name, split))} (or .gz) in:\n{looked}\n"
+        f"Fix it with one of:\n"
+        f"  - dataset.root=<folder holding those files or one of the sub-folders above>\n"
+        f"  - dataset.download=true with internet access (torchvision fetches into "
+        f"dataset.root){hint}"
+    )
+
+
+def _download(name: str, root: Path) -> None:
+    import torchvision.datasets
+
+    cls = getattr(torchvision.datasets, SPECS[name].torchvision_name)
+    root.mkdir(parents=True, exist_ok=True)
+    for train in (True, False):
+        cls(str(root), train=train, download=True)
+
+
+# ---------------------------------------------------------------------------- decoding
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rb") as f:
+                return f.read()
+        return path.read_bytes()
+    except (OSError, EOFError) as err:  # BadGzipFile is an OSError
+        raise DataError(f"{path} cannot be read: {err}. Delete it and fetch it again.") from err
+
+
+def read_idx(path: Path, expect_dims: int) -> np.ndarray:
+    """Decode an IDX file of unsigned bytes (magic 0x0000080N, N = number of dimensions)."""
+    raw = _read_bytes(path)
+    if len(raw) < 4 + 4 * expect_dims or raw[:3] != b"\x00\x00\x08" or raw[3] != expect_dims:
+        raise DataError(
+            f"{path} is not an IDX file of {expect_dims}-d unsigned bytes "
+            f"(magic {raw[:4].hex() or 'missing'}, expected 0000080{expect_dims}). "
+            "Delete it and fetch it again."
+        )
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(expect_dims))
+    body = raw[4 + 4 * expect_dims :]
+    if len(body) != int(np.prod(shape)):
+        raise DataError(
+            f"{path} is truncated or padded: its header promises {shape} = "
+            f"{int(np.prod(shape))} bytes but it holds {len(body)}. Delete it and fetch it again."
+        )
+    return np.frombuffer(body, dtype=np.uint8).reshape(shape)
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Only what the CIFAR-10 batches need: a pickle cannot run arbitrary code here."""
+
+    allowed: ClassVar = {
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.allowed:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+        return super().find_class(module, name)
+
+
+def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        with open(path, "rb") as f:
+            batch = _CifarUnpickler(f, encoding="bytes").load()
+        data = np.asarray(batch[b"data"], dtype=np.uint8)
+        labels = np.asarray(batch[b"labels"], dtype=np.int64)
+    except (OSError, EOFError, KeyError, TypeError, ValueError, pickle.UnpicklingError) as err:
+        raise DataError(
+            f"{path} is not a readable CIFAR-10 batch ({type(err).__name__}: {err}). "
+            "Delete it and fetch it again."
+        ) from err
+    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(labels) != len(data):
+        raise DataError(
+            f"{path} holds data of shape {data.shape} and {len(labels)} labels; "
+            "expected (N, 3072) and N labels."
+        )
+    return data.reshape(-1, 3, 32, 32), labels
+
+
+def decode(name: str, files: list[Path]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images as uint8 (N, C, H, W) and labels as int64 (N,)."""
+    spec = SPECS[name]
+    if name == "cifar10":
+        parts = [_read_cifar_batch(p) for p in files]
+        images = np.concatenate([p[0] for p in parts])
+        labels = np.concatenate([p[1] for p in parts])
+    else:
+        images = read_idx(files[0], 3)[:, None]
+        labels = read_idx(files[1], 1).astype(np.int64)
+    if len(images) != len(labels):
+        raise DataError(
+            f"{files[0]} holds {len(images)} images but {files[-1]} holds {len(labels)} labels."
+        )
+    if images.shape[1:] != (spec.channels, spec.size, spec.size):
+        raise DataError(
+            f"{files[0]} holds images of shape {images.shape[1:]}, expected "
+            f"{(spec.channels, spec.size, spec.size)} for {spec.title}."
+        )
+    if len(labels) and (labels.min() < 0 or labels.max() >= len(spec.classes)):
+        raise DataError(f"{files[-1]} holds labels outside 0..{len(spec.classes) - 1}.")
+    return torch.from_numpy(images.copy()), torch.from_numpy(labels)
+
+
+# ---------------------------------------------------------------------------- caching
+
+
+def _fingerprint(files: list[Path]) -> str:
+    """Identifies the source files by path, size and modification time."""
+    h = hashlib.sha256()
+    for p in files:
+        st = p.stat()
+        h.update(f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def _atomic_save(obj: object, path: Path) -> None:
+    """A kill at any moment leaves either no file or a whole one, never a partial one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a cache is as readable as its data
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load(
+    name: str, split: str, root: str | Path, download: bool, cache_dir: str | Path
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A split as (uint8 images (N, C, H, W), int64 labels), from the cache when it is current."""
+    if name not in SPECS:
+        raise DataError(f"unknown dataset {name!r}; known: {', '.join(SPECS)}")
+    files = find(name, split, Path(root).expanduser(), download)
+    key = _fingerprint(files)
+    cache = Path(cache_dir).expanduser() / f"{name}-{split}.pt"
+    if cache.is_file():
+        try:
+            cached = torch.load(cache, weights_only=True)
+            if cached["source"] == key:
+                return cached["images"], cached["labels"]
+        except (OSError, RuntimeError, EOFError, KeyError, TypeError, pickle.UnpicklingError):
+            pass  # a broken or foreign cache file is rebuilt, never trusted
+    images, labels = decode(name, files)
+    # a read-only cache folder costs a decode next time, nothing more
+    with contextlib.suppress(OSError):
+        _atomic_save({"source": key, "images": images, "labels": labels}, cache)
+    return images, labels
+
+
+# ---------------------------------------------------------------------------- loading
+
+
+class DeviceLoader:
+    """Batches of a uint8 image tensor that lives on the device.
+
+    The whole split is copied to `device` once. Each epoch draws a permutation from a
+    generator seeded with (seed, epoch), so any epoch can be replayed (resume) and every
+    rank of a distributed run can take its own shard of the same permutation. Conversion
+    to float, normalisation and resizing happen per batch on the device.
+    """
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        batch_size: int,
+        device: torch.device,
+        *,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        normalize: bool = True,
+        resize: int | None = None,
+        shuffle: bool = False,
+        seed: int = 0,
+        limit_batches: int | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        pin = device.type == "cuda"
+        self.images = (images.pin_memory() if pin else images).to(device, non_blocking=pin)
+        self.labels = (labels.pin_memory() if pin else labels).to(device, non_blocking=pin)
+        self.batch_size = batch_size
+        self.device = device
+        c = images.shape[1]
+        if normalize:
+            self.mean = torch.tensor(mean, device=device).view(1, c, 1, 1) * 255
+            self.std = torch.tensor(std, device=device).view(1, c, 1, 1) * 255
+        else:  # plain ToTensor scaling to [0, 1], as most textbook cells do
+            self.mean = torch.zeros(1, c, 1, 1, device=device)
+            self.std = torch.full((1, c, 1, 1), 255.0, device=device)
+        self.resize = resize
+        self.shuffle = shuffle
+        self.seed = seed
+        self.limit_batches = limit_batches
+        self.rank, self.world_size = rank, world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _indices(self) -> torch.Tensor:
+        n = len(self.labels)
+        if self.shuffle:
+            # drawn on the CPU so that every device (and every rank) sees the same order
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            order = torch.randperm(n, generator=g)
+        else:
+            order = torch.arange(n)
+        return order[self.rank :: self.world_size].to(self.device)
+
+    @property
+    def num_samples(self) -> int:
+        return len(range(self.rank, len(self.labels), self.world_size))
+
+    def __len__(self) -> int:
+        batches = -(-self.num_samples // self.batch_size)
+        return batches if self.limit_batches is None else min(batches, self.limit_batches)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = self._indices()
+        for i in range(len(self)):
+            idx = order[i * self.batch_size : (i + 1) * self.batch_size]
+            yield self.transform(self.images[idx]), self.labels[idx]
+
+    def transform(self, images: torch.Tensor) -> torch.Tensor:
+        x = (images.float() - self.mean) / self.std
+        if self.resize is not None and self.resize != x.shape[-1]:
+            x = F.interpolate(
+                x, size=(self.resize, self.resize), mode="bilinear", align_corners=False
+            )
+        return x

@@ -1,0 +1,99 @@
+"""Fixtures: small generated datasets in the real on-disk formats, and the shipped configs
+composed with Hydra and shrunk for the CPU."""
+
+from __future__ import annotations
+
+import gzip
+import pickle
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from cnnbench.config import CONFIG_DIR
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def write_idx(path: Path, array: np.ndarray, gz: bool = True) -> Path:
+    """Write `array` (uint8) as an IDX file, as the MNIST distribution does."""
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    payload = header + array.astype(np.uint8).tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if gz:
+        path = path.with_name(path.name + ".gz")
+        with gzip.open(path, "wb") as f:
+            f.write(payload)
+    else:
+        path.write_bytes(payload)
+    return path
+
+
+def make_images(n: int, channels: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Ten noisy class prototypes: easy to learn, so a falling loss means the loop works."""
+    rng = np.random.default_rng(seed)
+    prototypes = np.random.default_rng(1234).integers(0, 256, (10, channels, size, size))
+    labels = rng.integers(0, 10, n)
+    noise = rng.normal(0, 40, (n, channels, size, size))
+    images = np.clip(prototypes[labels] + noise, 0, 255).astype(np.uint8)
+    return images, labels.astype(np.uint8)
+
+
+def write_mnist_like(folder: Path, n_train: int = 600, n_test: int = 250, gz: bool = True):
+    for split, n, seed in (("train", n_train, 0), ("t10k", n_test, 1)):
+        images, labels = make_images(n, 1, 28, seed)
+        write_idx(folder / f"{split}-images-idx3-ubyte", images[:, 0], gz)
+        write_idx(folder / f"{split}-labels-idx1-ubyte", labels, gz)
+
+
+def write_cifar_like(folder: Path, per_batch: int = 40, n_test: int = 50) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    for i, name in enumerate(names):
+        images, labels = make_images(n_test if name == "test_batch" else per_batch, 3, 32, i)
+        batch = {b"data": images.reshape(len(images), -1), b"labels": labels.tolist()}
+        with open(folder / name, "wb") as f:
+            pickle.dump(batch, f)
+
+
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory) -> Path:
+    """A data root laid out like ../shared/data, with small generated sets."""
+    root = tmp_path_factory.mktemp("data")
+    write_mnist_like(root / "mnist")
+    write_mnist_like(root / "fashion-mnist")
+    write_cifar_like(root / "cifar-10-batches-py")
+    return root
+
+
+@pytest.fixture
+def cache_dir(tmp_path) -> Path:
+    return tmp_path / "cache"
+
+
+def small_overrides(data_root: Path, cache_dir: Path) -> list[str]:
+    """What every test run shares: generated data, private cache, CPU, no download."""
+    return [
+        f"dataset.root={data_root}",
+        f"dataset.cache_dir={cache_dir}",
+        "dataset.download=false",
+        "dataset.batch_size=64",
+        "trainer.device=cpu",
+        "trainer.epochs=2",
+        "trainer.log_every_n_steps=2",
+    ]
+
+
+@pytest.fixture
+def make_cfg(data_root, cache_dir) -> Callable[..., DictConfig]:
+    """Compose the shipped conf/ with the test defaults plus `overrides`."""
+
+    def _make(*overrides: str) -> DictConfig:
+        with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
+            return compose("config", overrides=[*small_overrides(data_root, cache_dir), *overrides])
+
+    return _make

@@ -1,0 +1,110 @@
+"""The command line as a user runs it: real `python -m cnnbench` processes."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import SHARED_DATA, small_overrides
+
+pytestmark = pytest.mark.slow
+
+
+def cnnbench(*args: str, cwd, module: str = "cnnbench") -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def test_run_writes_its_files_and_prints_accuracy(tmp_path, data_root):
+    run_dir = tmp_path / "run"
+    proc = cnnbench(
+        *small_overrides(data_root, tmp_path / "cache"), f"hydra.run.dir={run_dir}", cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "test accuracy" in proc.stdout
+    for name in ("results.json", "metrics.csv", "train.log", ".hydra/config.yaml"):
+        assert (run_dir / name).is_file(), name
+    assert any(p.name.startswith("events.out.tfevents") for p in run_dir.iterdir())
+
+
+def test_default_output_layout_and_sweep(tmp_path, data_root):
+    common = [
+        *small_overrides(data_root, tmp_path / "cache"),
+        "trainer.epochs=1",
+        "trainer.limit_train_batches=2",
+    ]
+    assert cnnbench(*common, cwd=tmp_path).returncode == 0
+    [single] = [p for p in (tmp_path / "outputs").glob("*/*") if p.parent.name != "multirun"]
+    assert (single / "results.json").is_file()
+
+    proc = cnnbench(
+        "-m", *common, "optimizer.lr=0.01,0.1", "dataset.batch_size=32,64", cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr
+    results = sorted((tmp_path / "outputs" / "multirun").glob("*/*/*/results.json"))
+    assert len(results) == 4
+    seen = {
+        (r["config"]["optimizer"]["lr"], r["config"]["dataset"]["batch_size"])
+        for r in map(json.loads, (p.read_text() for p in results))
+    }
+    assert seen == {(0.01, 32), (0.01, 64), (0.1, 32), (0.1, 64)}
+    # each job directory is named by its number and what it overrides
+    assert any("optimizer.lr=0.1" in p.parent.name for p in results)
+
+
+@pytest.mark.parametrize(
+    "override,words",
+    [
+        ("model=nope", "Could not find 'model/nope'"),
+        ("trainer.epoch=3", "Could not override 'trainer.epoch'"),
+        ("optimizer.lr=-1", "optimizer.lr=-1 is not allowed: use a number > 0"),
+        ("dataset.batch_size=0", "dataset.batch_size=0 is not allowed: use an integer >= 1"),
+        ("trainer.device=cuda:7", "trainer.device=cuda:7"),
+        ("dataset=mnist", "MNIST (train split) not found"),
+    ],
+)
+def test_bad_input_gives_one_clear_message(tmp_path, data_root, override, words):
+    args = [*small_overrides(data_root, tmp_path / "cache"), override]
+    if override == "dataset=mnist":  # an empty root: nothing to find, download off
+        args.append(f"dataset.root={tmp_path / 'empty'}")
+    proc = cnnbench(*args, cwd=tmp_path)
+    assert proc.returncode != 0
+    assert words in proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+
+
+def test_help_lists_the_groups_and_cfg_prints_the_config(tmp_path):
+    proc = cnnbench("--help", cwd=tmp_path)
+    assert proc.returncode == 0
+    for group in ("model:", "dataset:", "optimizer:", "scheduler:", "trainer:"):
+        assert group in proc.stdout
+    proc = cnnbench("--cfg", "job", "model=mlp", cwd=tmp_path)
+    assert proc.returncode == 0 and "cnnbench.models.MLP" in proc.stdout
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "mnist").is_dir(), reason="needs ../shared/data")
+def test_real_mnist_mlp_one_epoch(tmp_path):
+    """The issue's acceptance run: python -m cnnbench model=mlp dataset=mnist trainer.epochs=1."""
+    run_dir = tmp_path / "run"
+    proc = cnnbench(
+        "model=mlp",
+        "dataset=mnist",
+        "trainer.epochs=1",
+        "trainer.device=cpu",
+        f"dataset.root={SHARED_DATA}",
+        f"dataset.cache_dir={tmp_path / 'cache'}",
+        f"hydra.run.dir={run_dir}",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["test_acc"] > 0.9  # an MLP reaches about 0.95 on MNIST in one epoch

@@ -1,0 +1,169 @@
+import gzip
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from cnnbench import data
+from cnnbench.data import DataError, DeviceLoader
+from tests.conftest import make_images, write_cifar_like, write_idx, write_mnist_like
+
+
+def test_idx_round_trip_raw_and_gz(tmp_path):
+    images, labels = make_images(30, 1, 28, 0)
+    for gz in (True, False):
+        path = write_idx(tmp_path / f"x{gz}-idx3-ubyte", images[:, 0], gz)
+        assert np.array_equal(data.read_idx(path, 3), images[:, 0])
+        path = write_idx(tmp_path / f"y{gz}-idx1-ubyte", labels, gz)
+        assert np.array_equal(data.read_idx(path, 1), labels)
+
+
+def test_load_splits_have_promised_shapes(data_root, cache_dir):
+    for name, (c, s) in {"mnist": (1, 28), "fashion_mnist": (1, 28), "cifar10": (3, 32)}.items():
+        images, labels = data.load(name, "train", data_root, False, cache_dir)
+        assert images.dtype == torch.uint8 and images.shape[1:] == (c, s, s)
+        assert labels.dtype == torch.int64 and len(labels) == len(images)
+    assert len(data.load("cifar10", "train", data_root, False, cache_dir)[0]) == 5 * 40
+
+
+def test_cache_is_used_and_follows_its_source(tmp_path, cache_dir):
+    root = tmp_path / "root"
+    write_mnist_like(root / "mnist", n_train=50, n_test=20)
+    first = data.load("mnist", "test", root, False, cache_dir)
+    cache = cache_dir / "mnist-test.pt"
+    assert cache.is_file()
+    cached = torch.load(cache, weights_only=True)
+    assert torch.equal(cached["images"], first[0])
+    # a changed source file invalidates the cache
+    images, _labels = make_images(20, 1, 28, seed=7)
+    write_idx(root / "mnist" / "t10k-images-idx3-ubyte", images[:, 0])
+    second = data.load("mnist", "test", root, False, cache_dir)
+    assert torch.equal(second[0][:, 0], torch.from_numpy(images[:, 0]))
+
+
+def test_corrupt_cache_is_rebuilt(tmp_path, cache_dir):
+    root = tmp_path / "root"
+    write_mnist_like(root / "mnist", n_train=50, n_test=20)
+    good = data.load("mnist", "test", root, False, cache_dir)
+    (cache_dir / "mnist-test.pt").write_bytes(b"not a torch file")
+    again = data.load("mnist", "test", root, False, cache_dir)
+    assert torch.equal(again[0], good[0])
+    assert torch.load(cache_dir / "mnist-test.pt", weights_only=True)["images"].shape == (
+        20,
+        1,
+        28,
+        28,
+    )
+
+
+def _corrupt(folder, how):
+    target = folder / "t10k-images-idx3-ubyte.gz"
+    payload = gzip.decompress(target.read_bytes())
+    if how == "magic":
+        target.write_bytes(gzip.compress(b"\x00\x00\x09\x03" + payload[4:]))
+    elif how == "truncated":
+        target.write_bytes(gzip.compress(payload[:-100]))
+    elif how == "gzip":
+        target.write_bytes(target.read_bytes()[:40])
+    elif how == "count":  # labels for a different number of images
+        write_idx(folder / "t10k-labels-idx1-ubyte", np.zeros(7, np.uint8))
+
+
+@pytest.mark.parametrize(
+    "how,words",
+    [
+        ("magic", "not an IDX file"),
+        ("truncated", "truncated"),
+        ("gzip", "cannot be read"),
+        ("count", "labels"),
+    ],
+)
+def test_corrupt_files_give_clear_error_and_no_cache(tmp_path, cache_dir, how, words):
+    write_mnist_like(tmp_path / "mnist", n_train=50, n_test=20)
+    _corrupt(tmp_path / "mnist", how)
+    with pytest.raises(DataError, match=words):
+        data.load("mnist", "test", tmp_path, False, cache_dir)
+    assert not (cache_dir / "mnist-test.pt").exists()
+
+
+def test_missing_data_names_every_place_searched(tmp_path, cache_dir):
+    with pytest.raises(DataError) as err:
+        data.load("fashion_mnist", "train", tmp_path / "nowhere", False, cache_dir)
+    message = str(err.value)
+    for folder in ("fashion-mnist", "FashionMNIST/raw", "/usr/share/datasets/fashion-mnist"):
+        assert folder in message
+    assert "dataset.root=" in message and "dataset.download=true" in message
+    assert "apt-get install dataset-fashion-mnist" in message
+
+
+def test_failed_download_is_reported(tmp_path, cache_dir, monkeypatch):
+    def offline(name, root):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(data, "_download", offline)
+    with pytest.raises(DataError, match=r"download failed .*network is unreachable"):
+        data.load("mnist", "train", tmp_path, True, cache_dir)
+
+
+def test_cifar_unpickler_refuses_code(tmp_path, cache_dir):
+    folder = tmp_path / "cifar-10-batches-py"
+    write_cifar_like(folder, per_batch=4, n_test=4)
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("this must never run",))
+
+    with open(folder / "test_batch", "wb") as f:
+        pickle.dump({b"data": Evil(), b"labels": [0]}, f)
+    with pytest.raises(DataError, match=r"refusing to load builtins\.print"):
+        data.load("cifar10", "test", tmp_path, False, cache_dir)
+
+
+def _loader(n=103, batch=10, **kw):
+    images = torch.arange(n, dtype=torch.uint8).view(n, 1, 1, 1).expand(n, 1, 4, 4).clone()
+    labels = torch.arange(n) % 10
+    return DeviceLoader(images, labels, batch, torch.device("cpu"), mean=(0.5,), std=(0.25,), **kw)
+
+
+def test_loader_covers_every_sample_once_with_last_partial_batch():
+    loader = _loader()
+    seen = torch.cat([y for _, y in loader])
+    assert len(loader) == 11 and len(seen) == 103
+    assert torch.equal(seen, torch.arange(103) % 10)
+
+
+def test_loader_shuffles_by_seed_and_epoch():
+    def order(seed, epoch):
+        loader = _loader(shuffle=True, seed=seed)
+        loader.set_epoch(epoch)
+        return torch.cat([x[:, 0, 0, 0] for x, _ in loader])
+
+    assert torch.equal(order(0, 1), order(0, 1))
+    assert not torch.equal(order(0, 1), order(0, 2))
+    assert not torch.equal(order(0, 1), order(1, 1))
+    assert torch.equal(order(0, 1).sort().values, order(0, 2).sort().values)
+
+
+def test_loader_shards_are_disjoint_and_cover_the_epoch():
+    shards = []
+    for rank in range(3):
+        loader = _loader(shuffle=True, rank=rank, world_size=3)
+        loader.set_epoch(4)
+        shards.append(torch.cat([x[:, 0, 0, 0] for x, _ in loader]))
+    everything = torch.cat(shards)
+    assert len(everything) == 103 and len(set(everything.tolist())) == 103
+
+
+def test_loader_normalises_and_resizes_on_the_device():
+    loader = _loader(n=4, batch=4, resize=9)
+    x, _ = next(iter(loader))
+    assert x.shape == (4, 1, 9, 9) and x.dtype == torch.float32
+    assert torch.allclose(x[1], torch.full((1, 9, 9), (1 / 255 - 0.5) / 0.25))
+    plain = _loader(n=4, batch=4, normalize=False)
+    assert torch.allclose(next(iter(plain))[0][3], torch.full((1, 4, 4), 3 / 255))
+
+
+def test_limit_batches():
+    assert len(_loader(limit_batches=3)) == 3
+    assert sum(len(y) for _, y in _loader(limit_batches=3)) == 30

@@ -1,0 +1,138 @@
+import csv
+import json
+import math
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from cnnbench.config import ConfigError
+from cnnbench.train import train
+
+TAGS = {
+    "train/loss",
+    "train/acc",
+    "test/loss",
+    "test/acc",
+    "lr",
+    "perf/images_per_s",
+    "perf/epoch_s",
+    "test/best_acc",
+}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, data_root):
+    """One end-to-end run on generated data, shared by the tests that read its files."""
+    from hydra import compose, initialize_config_dir
+
+    from cnnbench.config import CONFIG_DIR
+    from tests.conftest import small_overrides
+
+    out = tmp_path_factory.mktemp("run")
+    # the MLP learns the generated prototypes within a few steps; sigmoid LeNet needs more
+    overrides = [
+        *small_overrides(data_root, out / "cache"),
+        "model=mlp",
+        "trainer.epochs=3",
+        "optimizer.lr=0.01",
+    ]
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
+        cfg = compose("config", overrides=overrides)
+    return cfg, out, train(cfg, out)
+
+
+def test_loss_falls_and_model_learns(run):
+    _, out, results = run
+    rows = list(csv.DictReader((out / "metrics.csv").read_text().splitlines()))
+    losses = [float(r["train_loss"]) for r in rows]
+    assert losses[-1] < losses[0]
+    assert results["test_acc"] > 0.9  # ten well-separated prototypes; chance is 0.1
+
+
+def test_metrics_csv_has_one_row_per_epoch(run):
+    _, out, results = run
+    rows = list(csv.DictReader((out / "metrics.csv").read_text().splitlines()))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    assert float(rows[-1]["test_acc"]) == results["test_acc"]
+    assert int(rows[-1]["step"]) == results["steps"] == 3 * math.ceil(600 / 64)
+    assert all(float(r["images_per_s"]) > 0 for r in rows)
+
+
+def test_results_json_holds_what_it_promises(run):
+    _cfg, out, results = run
+    saved = json.loads((out / "results.json").read_text())
+    assert saved == json.loads(json.dumps(results))
+    for key in (
+        "test_acc",
+        "best_test_acc",
+        "params",
+        "wall_s",
+        "train_images_per_s",
+        "device",
+        "torch_version",
+        "status",
+        "config",
+    ):
+        assert saved[key] is not None, key
+    assert saved["status"] == "ok" and saved["params"] == 203_530
+    assert saved["best_test_acc"] >= saved["test_acc"]
+    assert saved["config"]["optimizer"]["lr"] == 0.01
+
+
+def test_tensorboard_events_hold_the_tags_and_hparams(run):
+    _, out, _ = run
+    events = EventAccumulator(str(out)).Reload()
+    scalars = set(events.Tags()["scalars"])
+    assert scalars >= TAGS, TAGS - scalars
+    acc = events.Scalars("test/acc")
+    assert len(acc) == 3 and acc[-1].step == run[2]["steps"]
+    assert len(events.Scalars("train/loss")) == 3 * math.ceil(600 / 64) // 2
+    # the hparams live in this run's own directory, not in a timestamped sub-run
+    plugins = events.PluginTagToContent("hparams")
+    assert {"_hparams_/experiment", "_hparams_/session_start_info"} <= set(plugins)
+    assert "config" in events.Tags()["tensors"] or "config/text_summary" in events.Tags()["tensors"]
+    assert [p for p in out.iterdir() if p.is_dir() and p.name != "cache"] == []
+
+
+def test_same_seed_same_results(make_cfg, tmp_path):
+    cfg = make_cfg("trainer.epochs=2")
+    first = train(cfg, tmp_path / "a")
+    second = train(cfg, tmp_path / "b")
+    for key in ("test_acc", "test_loss", "train_loss", "best_test_acc"):
+        assert first[key] == second[key], key
+    other = train(make_cfg("trainer.epochs=2", "trainer.seed=1"), tmp_path / "c")
+    assert other["train_loss"] != first["train_loss"]
+
+
+@pytest.mark.parametrize("model", ["softmax", "mlp"])
+@pytest.mark.parametrize("dataset", ["mnist", "cifar10"])
+def test_models_train_on_each_dataset(make_cfg, tmp_path, model, dataset):
+    results = train(
+        make_cfg(
+            f"model={model}",
+            f"dataset={dataset}",
+            "trainer.epochs=1",
+            "optimizer=sgd",
+            "scheduler=cosine",
+        ),
+        tmp_path,
+    )
+    assert results["status"] == "ok" and 0 <= results["test_acc"] <= 1
+
+
+def test_resize_and_limit_batches(make_cfg, tmp_path):
+    results = train(
+        make_cfg("dataset.resize=32", "trainer.limit_train_batches=2", "trainer.epochs=1"), tmp_path
+    )
+    assert results["steps"] == 2
+    assert results["params"] == 44_426 + (400 - 256) * 120  # the first fc sees 16x5x5 at 32
+
+
+def test_zero_epochs_evaluates_the_untrained_model(make_cfg, tmp_path):
+    results = train(make_cfg("trainer.epochs=0"), tmp_path)
+    assert results["steps"] == 0 and 0 <= results["test_acc"] <= 1
+
+
+def test_too_small_input_is_a_config_error(make_cfg, tmp_path):
+    with pytest.raises(ConfigError, match=r"(?s)cannot take 1x8x8 .*dataset.resize=28"):
+        train(make_cfg("dataset.resize=8"), tmp_path)
