@@ -79,18 +79,20 @@ def build_model(cfg: DictConfig, spec: data.Spec, size: int, device: torch.devic
     return model
 
 
-def write_hparams(writer: SummaryWriter, cfg: DictConfig, metrics: list[str]) -> None:
-    """Record the flattened config in this run's own event file for TensorBoard's HParams tab.
+def hparams_summaries(cfg: DictConfig) -> tuple:
+    """The session-start and session-end summaries of TensorBoard's HParams tab, holding the
+    flattened config.
 
-    SummaryWriter.add_hparams would write to a new sub-run named by the time, apart from
-    the curves; writing the three hparams summaries here keeps one run per directory. The
-    tab reads each metric's value from the scalars the run logs under the same tag.
+    They go into the run's own event file: SummaryWriter.add_hparams would put them in a
+    separate sub-run named by the time, apart from the curves. No experiment summary is
+    written, so TensorBoard builds one over all runs under --logdir: it marks the hparams
+    that differ between runs and takes every scalar tag (test/acc, ...) as a metric.
     """
     flat = {}
     for key, value in _flatten(OmegaConf.to_container(cfg, resolve=True)).items():
         flat[key] = value if isinstance(value, (int, float, str, bool)) else str(value)
-    for summary in hparams(flat, dict.fromkeys(metrics, 0.0)):
-        writer.file_writer.add_summary(summary)
+    _experiment, session_start, session_end = hparams(flat, {})
+    return session_start, session_end
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:
@@ -168,7 +170,8 @@ def train(cfg: DictConfig, out_dir: Path) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     writer = SummaryWriter(log_dir=str(out_dir))
     writer.add_text("config", "    " + OmegaConf.to_yaml(cfg).replace("\n", "\n    "))
-    write_hparams(writer, cfg, ["test/acc", "test/loss", "test/best_acc", "train/loss"])
+    session_start, session_end = hparams_summaries(cfg)
+    writer.file_writer.add_summary(session_start)
     csv_file = open(out_dir / "metrics.csv", "w", newline="")  # noqa: SIM115 (kept open)
     columns = [
         "epoch",
@@ -284,6 +287,7 @@ def train(cfg: DictConfig, out_dir: Path) -> dict:
         writer.add_scalar("test/acc", test_acc, 0)
         writer.add_scalar("test/loss", test_loss, 0)
         writer.add_scalar("test/best_acc", best_acc, 0)
+    writer.file_writer.add_summary(session_end)  # marks the run finished in the HParams tab
     writer.close()
 
     images = sum(r["images_per_s"] * r["epoch_s"] for r in history)
