@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+
+from cnnbench import data
 
 _HERE = Path(__file__).resolve().parent
 # installed: the configs ship inside the package; source tree or editable: the top-level conf/
@@ -28,68 +31,109 @@ def _integer(x: object) -> bool:
     return isinstance(x, numbers.Integral) and not isinstance(x, bool)
 
 
-# key, test, what is allowed, an example override. A key absent from the config is skipped
-# (sgd has no betas, adam no momentum).
-Rule = tuple[str, Callable[[object], bool], str, str]
-RULES: list[Rule] = [
-    ("optimizer.lr", lambda v: _number(v) and v > 0, "a number > 0", "optimizer.lr=0.01"),
-    (
-        "optimizer.momentum",
-        lambda v: _number(v) and 0 <= v < 1,
-        "a number in [0, 1)",
-        "optimizer.momentum=0.9",
+def _int_at_least(low: int) -> Callable[[object], bool]:
+    return lambda v: _integer(v) and v >= low
+
+
+def _in_range(low: float, high: float) -> Callable[[object], bool]:
+    """low <= v < high"""
+    return lambda v: _number(v) and low <= v < high
+
+
+def _positive(v: object) -> bool:
+    return _number(v) and v > 0
+
+
+# The value checks, by config key: (test, what is allowed, an example override). A key is
+# checked wherever it appears in the composed config (sgd has momentum, adam has betas).
+RULES: dict[str, tuple[Callable[[object], bool], str, str]] = {
+    "dataset.name": (lambda v: v in data.SPECS, f"one of {', '.join(data.SPECS)}", "dataset=mnist"),
+    "dataset.download": (lambda v: isinstance(v, bool), "true or false", "dataset.download=false"),
+    "dataset.normalize": (
+        lambda v: isinstance(v, bool),
+        "true or false",
+        "dataset.normalize=false",
     ),
-    (
-        "optimizer.weight_decay",
-        lambda v: _number(v) and v >= 0,
-        "a number >= 0",
-        "optimizer.weight_decay=0.0005",
-    ),
-    (
-        "optimizer.betas",
-        lambda v: len(v) == 2 and all(_number(b) and 0 <= b < 1 for b in v),
-        "two numbers in [0, 1)",
-        "optimizer.betas=[0.9,0.999]",
-    ),
-    (
-        "dataset.batch_size",
-        lambda v: _integer(v) and v >= 1,
-        "an integer >= 1",
-        "dataset.batch_size=256",
-    ),
-    (
-        "dataset.resize",
-        lambda v: v is None or (_integer(v) and v >= 1),
+    "dataset.batch_size": (_int_at_least(1), "an integer >= 1", "dataset.batch_size=256"),
+    "dataset.resize": (
+        lambda v: v is None or _int_at_least(1)(v),
         "null or an integer >= 1 (pixels per side)",
         "dataset.resize=224",
     ),
-    ("trainer.epochs", lambda v: _integer(v) and v >= 0, "an integer >= 0", "trainer.epochs=10"),
-    ("trainer.seed", _integer, "an integer", "trainer.seed=1"),
-    (
-        "trainer.log_every_n_steps",
-        lambda v: _integer(v) and v >= 1,
+    "optimizer.lr": (_positive, "a number > 0", "optimizer.lr=0.01"),
+    "optimizer.momentum": (_in_range(0, 1), "a number in [0, 1)", "optimizer.momentum=0.9"),
+    "optimizer.weight_decay": (
+        _in_range(0, math.inf),
+        "a number >= 0",
+        "optimizer.weight_decay=0.0005",
+    ),
+    "optimizer.nesterov": (
+        lambda v: isinstance(v, bool),
+        "true or false",
+        "optimizer.nesterov=true",
+    ),
+    "optimizer.betas": (
+        lambda v: len(v) == 2 and all(_in_range(0, 1)(b) for b in v),
+        "two numbers in [0, 1)",
+        "optimizer.betas=[0.9,0.999]",
+    ),
+    "scheduler.step_size": (
+        _int_at_least(1),
+        "an integer >= 1 (optimizer steps)",
+        "scheduler.step_size=1000",
+    ),
+    "scheduler.gamma": (_positive, "a number > 0", "scheduler.gamma=0.1"),
+    "scheduler.eta_min": (_in_range(0, math.inf), "a number >= 0", "scheduler.eta_min=0"),
+    "scheduler.max_lr": (_positive, "a number > 0", "scheduler.max_lr=0.1"),
+    "scheduler.pct_start": (
+        lambda v: _number(v) and 0 < v < 1,
+        "a number in (0, 1)",
+        "scheduler.pct_start=0.3",
+    ),
+    "scheduler.factor": (
+        lambda v: _number(v) and 0 < v <= 1,
+        "a number in (0, 1]",
+        "scheduler.factor=1.0",
+    ),
+    "scheduler.total_iters": (_int_at_least(0), "an integer >= 0", "scheduler.total_iters=0"),
+    "trainer.epochs": (_int_at_least(0), "an integer >= 0", "trainer.epochs=10"),
+    "trainer.seed": (
+        lambda v: _integer(v) and 0 <= v < 2**32,
+        "an integer in [0, 2**32)",
+        "trainer.seed=1",
+    ),
+    "trainer.log_every_n_steps": (
+        _int_at_least(1),
         "an integer >= 1",
         "trainer.log_every_n_steps=50",
     ),
-    (
-        "trainer.eval_batch_size",
-        lambda v: _integer(v) and v >= 1,
+    "trainer.eval_batch_size": (
+        _int_at_least(1),
         "an integer >= 1",
         "trainer.eval_batch_size=1000",
     ),
-    (
-        "trainer.label_smoothing",
-        lambda v: _number(v) and 0 <= v < 1,
+    "trainer.label_smoothing": (
+        _in_range(0, 1),
         "a number in [0, 1)",
         "trainer.label_smoothing=0.1",
     ),
-    (
-        "trainer.limit_train_batches",
-        lambda v: v is None or (_integer(v) and v >= 1),
+    "trainer.limit_train_batches": (
+        lambda v: v is None or _int_at_least(1)(v),
         "null or an integer >= 1",
         "trainer.limit_train_batches=10",
     ),
-]
+}
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+    """{"a": {"b": 1}} -> {"a.b": 1}"""
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def resolve_device(name: str) -> torch.device:
@@ -124,14 +168,13 @@ def resolve_device(name: str) -> torch.device:
 def validate(cfg: DictConfig) -> None:
     """Raise one ConfigError listing every value that cannot work, before any data is read."""
     problems = []
-    for key, ok, allowed, example in RULES:
-        node = OmegaConf.select(cfg, key, default="<absent>")
-        if isinstance(node, str) and node == "<absent>":
+    for key, value in flatten(OmegaConf.to_container(cfg, resolve=True)).items():
+        if key not in RULES:
             continue
-        value = OmegaConf.to_object(node) if OmegaConf.is_config(node) else node
+        ok, allowed, example = RULES[key]
         try:
             good = ok(value)
-        except TypeError:
+        except TypeError:  # e.g. len() of a number given for betas
             good = False
         if not good:
             problems.append(f"{key}={value!r} is not allowed: use {allowed}, e.g. {example}")

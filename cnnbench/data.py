@@ -8,9 +8,9 @@ converted to float, normalised and resized on the device.
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import hashlib
+import logging
 import os
 import pickle
 import tempfile
@@ -22,6 +22,8 @@ from typing import ClassVar
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+log = logging.getLogger(__name__)
 
 
 class DataError(RuntimeError):
@@ -36,7 +38,9 @@ class Spec:
     size: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
-    folders: tuple[str, ...]  # sub-folders of a root that may hold the files
+    # sub-folders of a root that may hold the files; the root itself counts when its path
+    # ends with one of them (MNIST and Fashion-MNIST files have the same names)
+    folders: tuple[str, ...]
     system_folders: tuple[str, ...] = ()  # where OS packages install the files
     torchvision_name: str = ""
 
@@ -55,7 +59,7 @@ SPECS = {
         size=28,
         mean=(0.1307,),
         std=(0.3081,),
-        folders=("mnist", "MNIST/raw", "."),
+        folders=("mnist", "MNIST/raw"),
         torchvision_name="MNIST",
     ),
     "fashion_mnist": Spec(
@@ -76,7 +80,7 @@ SPECS = {
         size=28,
         mean=(0.2860,),
         std=(0.3530,),
-        folders=("fashion-mnist", "fashion_mnist", "FashionMNIST/raw", "."),
+        folders=("fashion-mnist", "fashion_mnist", "FashionMNIST/raw"),
         system_folders=("/usr/share/datasets/fashion-mnist",),  # Debian: dataset-fashion-mnist
         torchvision_name="FashionMNIST",
     ),
@@ -98,7 +102,7 @@ SPECS = {
         size=32,
         mean=(0.4914, 0.4822, 0.4465),
         std=(0.2470, 0.2435, 0.2616),
-        folders=("cifar-10-batches-py", "cifar10/cifar-10-batches-py", "."),
+        folders=("cifar-10-batches-py", "cifar10/cifar-10-batches-py"),
         torchvision_name="CIFAR10",
     ),
 }
@@ -125,7 +129,11 @@ def _find_in(folder: Path, name: str, split: str) -> list[Path] | None:
 
 def _search_folders(name: str, root: Path) -> list[Path]:
     spec = SPECS[name]
-    return [root / sub for sub in spec.folders] + [Path(p) for p in spec.system_folders]
+    folders = [root / sub for sub in spec.folders]
+    folders += [
+        root for sub in spec.folders if root.parts[-len(Path(sub).parts) :] == Path(sub).parts
+    ]
+    return folders + [Path(p) for p in spec.system_folders]
 
 
 def find(name: str, split: str, root: Path, download: bool) -> list[Path]:
@@ -308,9 +316,15 @@ def load(
         except (OSError, RuntimeError, EOFError, KeyError, TypeError, pickle.UnpicklingError):
             pass  # a broken or foreign cache file is rebuilt, never trusted
     images, labels = decode(name, files)
-    # a read-only cache folder costs a decode next time, nothing more
-    with contextlib.suppress(OSError):
+    try:
         _atomic_save({"source": key, "images": images, "labels": labels}, cache)
+    except OSError as err:  # costs a decode next time, nothing more
+        log.warning(
+            "cannot cache %s in %s (%s); set dataset.cache_dir to a writable folder",
+            name,
+            cache.parent,
+            err.strerror or err,
+        )
     return images, labels
 
 

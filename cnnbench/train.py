@@ -9,8 +9,10 @@ results, so tests and other tools can call it without a command line.
 from __future__ import annotations
 
 import csv
+import inspect
 import json
 import logging
+import math
 import os
 import platform
 import random
@@ -23,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
@@ -31,7 +34,7 @@ from torch.utils.tensorboard.summary import hparams
 from tqdm import tqdm
 
 from cnnbench import __version__, data
-from cnnbench.config import CONFIG_DIR, ConfigError, resolve_device, validate
+from cnnbench.config import CONFIG_DIR, ConfigError, flatten, resolve_device, validate
 
 log = logging.getLogger(__name__)
 
@@ -57,26 +60,52 @@ def seed_everything(seed: int) -> None:
 
 
 def build_model(cfg: DictConfig, spec: data.Spec, size: int, device: torch.device) -> nn.Module:
-    """Instantiate the model and run one image through it, which sizes its lazy layers and
-    turns an input the network cannot take into a message instead of a traceback mid-run."""
+    """Instantiate the model and run one image through it. That sizes its lazy layers, and
+    an input the network cannot take becomes a message here instead of a traceback mid-run."""
     model = instantiate(cfg.model, in_channels=spec.channels, num_classes=len(spec.classes))
     model.to(device).eval()
-    probe = torch.zeros(1, spec.channels, size, size, device=device)
     try:
         with torch.no_grad():
-            out = model(probe)
+            out = model(torch.zeros(1, spec.channels, size, size, device=device))
     except RuntimeError as err:
+        # the size is to blame only if a fresh copy of the model takes a large input
+        try:
+            big = instantiate(cfg.model, in_channels=spec.channels, num_classes=len(spec.classes))
+            with torch.no_grad():
+                big.eval()(torch.zeros(1, spec.channels, 224, 224))
+        except RuntimeError:
+            raise err from None
         raise ConfigError(
-            f"{cfg.model._target_} cannot take {spec.channels}x{size}x{size} "
-            f"{spec.title} images: {str(err).splitlines()[0]}\n"
-            f"Give it larger images, e.g. dataset.resize={spec.size if size < spec.size else 224}"
+            f"{cfg.model._target_} cannot take {spec.channels}x{size}x{size} {spec.title} "
+            f"images: {str(err).splitlines()[0]}\nGive it larger images, e.g. "
+            f"dataset.resize={spec.size if size < spec.size else 224}"
         ) from None
     if out.shape != (1, len(spec.classes)):
         raise ConfigError(
-            f"{cfg.model._target_} returned shape {tuple(out.shape)} "
-            f"for one image; expected (1, {len(spec.classes)})"
+            f"{cfg.model._target_} returned shape {tuple(out.shape)} for one image; "
+            f"expected (1, {len(spec.classes)})"
         )
     return model
+
+
+def build(group: str, node: DictConfig, *args, **kwargs):
+    """Call the `_partial_` object of an optimizer or scheduler config; the classes check
+    their arguments themselves, so their complaint becomes the config error."""
+    try:
+        return instantiate(node, _convert_="all")(*args, **kwargs)
+    except (ValueError, TypeError, ZeroDivisionError) as err:
+        raise ConfigError(
+            f"{group} ({node._target_}): {err}. Fix the {group}.* values; "
+            "python -m cnnbench --cfg job shows them."
+        ) from None
+
+
+def run_length_args(node: DictConfig, total_steps: int) -> dict:
+    """Schedulers step after every optimizer step. One whose horizon is the whole run (T_max
+    of cosine, total_steps of one-cycle) is given the run's length here, unless its YAML
+    sets it."""
+    params = inspect.signature(hydra.utils.get_class(node._target_)).parameters
+    return {k: total_steps for k in ("T_max", "total_steps") if k in params and k not in node}
 
 
 def hparams_summaries(cfg: DictConfig) -> tuple:
@@ -89,23 +118,14 @@ def hparams_summaries(cfg: DictConfig) -> tuple:
     that differ between runs and takes every scalar tag (test/acc, ...) as a metric.
     """
     flat = {}
-    for key, value in _flatten(OmegaConf.to_container(cfg, resolve=True)).items():
+    for key, value in flatten(OmegaConf.to_container(cfg, resolve=True)).items():
         flat[key] = value if isinstance(value, (int, float, str, bool)) else str(value)
     _experiment, session_start, session_end = hparams(flat, {})
     return session_start, session_end
 
 
-def _flatten(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
-def _write_json(path: Path, obj: dict) -> None:
+def write_json(path: Path, obj: dict) -> None:
+    """Whole or not at all: a reader never sees half a file."""
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(obj, indent=2) + "\n")
     os.replace(tmp, path)
@@ -120,43 +140,37 @@ def train(cfg: DictConfig, out_dir: Path) -> dict:
 
     # ---- data: decoded once (cached on disk), moved to the device once
     spec = data.SPECS[cfg.dataset.name]
-    splits = {
-        split: data.load(
-            cfg.dataset.name,
-            split,
-            root=cfg.dataset.root,
-            download=cfg.dataset.download,
-            cache_dir=cfg.dataset.cache_dir,
-        )
-        for split in ("train", "test")
-    }
-    size = cfg.dataset.resize or spec.size
+    ds = cfg.dataset
+    train_set, test_set = (
+        data.load(ds.name, split, ds.root, ds.download, ds.cache_dir) for split in ("train", "test")
+    )
+    size = ds.resize or spec.size
     common = dict(
-        device=device,
-        mean=spec.mean,
-        std=spec.std,
-        normalize=cfg.dataset.normalize,
-        resize=cfg.dataset.resize,
+        device=device, mean=spec.mean, std=spec.std, normalize=ds.normalize, resize=ds.resize
     )
     train_loader = data.DeviceLoader(
-        *splits["train"],
-        cfg.dataset.batch_size,
+        *train_set,
+        ds.batch_size,
         shuffle=True,
         seed=cfg.trainer.seed,
         limit_batches=cfg.trainer.limit_train_batches,
         **common,
     )
-    test_loader = data.DeviceLoader(*splits["test"], cfg.trainer.eval_batch_size, **common)
+    test_loader = data.DeviceLoader(*test_set, cfg.trainer.eval_batch_size, **common)
 
     # ---- model, optimizer, schedule
     model = build_model(cfg, spec, size, device)
     params = sum(p.numel() for p in model.parameters())
-    optimizer = instantiate(cfg.optimizer, _convert_="all")(model.parameters())
-    scheduler = instantiate(cfg.scheduler, _convert_="all")(optimizer)
+    optimizer = build("optimizer", cfg.optimizer, model.parameters())
+    total_steps = max(1, cfg.trainer.epochs * len(train_loader))
+    scheduler = build(
+        "scheduler", cfg.scheduler, optimizer, **run_length_args(cfg.scheduler, total_steps)
+    )
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.trainer.label_smoothing)
+    model_name = cfg.model._target_.rsplit(".", 1)[-1]
     log.info(
         "%s on %s (%d train / %d test images at %dx%d), %s parameters, device %s",
-        cfg.model._target_.rsplit(".", 1)[-1],
+        model_name,
         spec.title,
         train_loader.num_samples,
         test_loader.num_samples,
@@ -172,7 +186,6 @@ def train(cfg: DictConfig, out_dir: Path) -> dict:
     writer.add_text("config", "    " + OmegaConf.to_yaml(cfg).replace("\n", "\n    "))
     session_start, session_end = hparams_summaries(cfg)
     writer.file_writer.add_summary(session_start)
-    csv_file = open(out_dir / "metrics.csv", "w", newline="")  # noqa: SIM115 (kept open)
     columns = [
         "epoch",
         "step",
@@ -184,117 +197,158 @@ def train(cfg: DictConfig, out_dir: Path) -> dict:
         "epoch_s",
         "images_per_s",
     ]
+    csv_file = open(out_dir / "metrics.csv", "w", newline="")  # noqa: SIM115 (closed below)
     metrics_csv = csv.DictWriter(csv_file, fieldnames=columns)
     metrics_csv.writeheader()
 
     # ---- the loop
     step, best_acc, best_epoch, history = 0, 0.0, 0, []
     test_loss, test_acc = float("nan"), float("nan")
-    train_time = 0.0
-    for epoch in range(1, cfg.trainer.epochs + 1):
-        model.train()
-        train_loader.set_epoch(epoch)
-        lr = optimizer.param_groups[0]["lr"]
-        # sums stay on the device: reading them forces a sync, so that happens only at
-        # the log cadence and at the end of the epoch
-        epoch_loss = torch.zeros((), device=device)
-        epoch_correct = torch.zeros((), device=device, dtype=torch.long)
-        window_loss, window_steps = torch.zeros((), device=device), 0
-        seen = 0
-        tic = time.perf_counter()
-        bar = tqdm(
-            train_loader,
-            desc=f"epoch {epoch}/{cfg.trainer.epochs}",
-            unit="batch",
-            leave=False,
-            disable=None,
-            dynamic_ncols=True,
-        )
-        for x, y in bar:
-            logits = model(x)
-            loss = loss_fn(logits, y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+    status, diverged_at = "ok", None
+    lr = optimizer.param_groups[0]["lr"]
+    # sums stay on the device: reading one forces a host sync, so that happens only at the
+    # log cadence and at the end of an epoch
+    window_loss, window_steps = torch.zeros((), device=device), 0
+    try:
+        for epoch in range(1, cfg.trainer.epochs + 1):
+            model.train()
+            train_loader.set_epoch(epoch)
+            epoch_loss = torch.zeros((), device=device)
+            epoch_correct = torch.zeros((), device=device, dtype=torch.long)
+            seen = 0
+            tic = time.perf_counter()
+            bar = tqdm(
+                train_loader,
+                desc=f"epoch {epoch}/{cfg.trainer.epochs}",
+                unit="batch",
+                leave=False,
+                disable=None,
+                dynamic_ncols=True,
+            )
+            for x, y in bar:
+                logits = model(x)
+                loss = loss_fn(logits, y)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                lr = optimizer.param_groups[0]["lr"]
+                optimizer.step()
+                scheduler.step()
 
-            step += 1
-            seen += len(y)
-            epoch_loss += loss.detach() * len(y)
-            epoch_correct += (logits.detach().argmax(1) == y).sum()
-            window_loss += loss.detach()
-            window_steps += 1
-            if step % cfg.trainer.log_every_n_steps == 0:
-                mean_loss = window_loss.item() / window_steps
-                writer.add_scalar("train/loss", mean_loss, step)
-                bar.set_postfix(
-                    loss=f"{mean_loss:.4f}", img_s=f"{seen / (time.perf_counter() - tic):,.0f}"
+                step += 1
+                seen += len(y)
+                epoch_loss += loss.detach() * len(y)
+                epoch_correct += (logits.detach().argmax(1) == y).sum()
+                window_loss += loss.detach()
+                window_steps += 1
+                if step % cfg.trainer.log_every_n_steps == 0:
+                    mean_loss = window_loss.item() / window_steps
+                    if not math.isfinite(mean_loss):
+                        diverged_at = step
+                        break
+                    writer.add_scalar("train/loss", mean_loss, step)
+                    writer.add_scalar("lr", lr, step)
+                    bar.set_postfix(
+                        loss=f"{mean_loss:.4f}", img_s=f"{seen / (time.perf_counter() - tic):,.0f}"
+                    )
+                    window_loss.zero_()
+                    window_steps = 0
+            bar.close()
+            train_loss = epoch_loss.item() / max(seen, 1)
+            train_acc = epoch_correct.item() / max(seen, 1)
+            epoch_s = time.perf_counter() - tic  # after .item(): the device has finished
+            if diverged_at is not None or not math.isfinite(train_loss):
+                status, diverged_at = "diverged", diverged_at or step
+                log.error(
+                    "the training loss became %s by step %d (epoch %d); the run stops. "
+                    "A smaller learning rate usually helps, e.g. optimizer.lr=%g",
+                    train_loss,
+                    diverged_at,
+                    epoch,
+                    cfg.optimizer.lr / 10,
                 )
-                window_loss.zero_()
-                window_steps = 0
-        train_loss = epoch_loss.item() / max(seen, 1)
-        train_acc = epoch_correct.item() / max(seen, 1)
-        epoch_s = time.perf_counter() - tic
-        train_time += epoch_s
-        scheduler.step()
+                break
 
-        test_loss, test_acc = evaluate(model, test_loader)
-        if test_acc > best_acc:
-            best_acc, best_epoch = test_acc, epoch
-        row = dict(
-            epoch=epoch,
-            step=step,
-            train_loss=train_loss,
-            train_acc=train_acc,
-            test_loss=test_loss,
-            test_acc=test_acc,
-            lr=lr,
-            epoch_s=epoch_s,
-            images_per_s=seen / epoch_s,
+            test_loss, test_acc = evaluate(model, test_loader)
+            if test_acc > best_acc:
+                best_acc, best_epoch = test_acc, epoch
+            row = dict(
+                epoch=epoch,
+                step=step,
+                train_loss=train_loss,
+                train_acc=train_acc,
+                test_loss=test_loss,
+                test_acc=test_acc,
+                lr=lr,
+                epoch_s=epoch_s,
+                images_per_s=seen / epoch_s,
+            )
+            history.append(row)
+            metrics_csv.writerow(row)
+            csv_file.flush()
+            for tag, key in [
+                ("train/epoch_loss", "train_loss"),
+                ("train/acc", "train_acc"),
+                ("test/loss", "test_loss"),
+                ("test/acc", "test_acc"),
+                ("perf/epoch_s", "epoch_s"),
+                ("perf/images_per_s", "images_per_s"),
+            ]:
+                writer.add_scalar(tag, row[key], step)
+            writer.add_scalar("test/best_acc", best_acc, step)
+            writer.flush()
+            log.info(
+                "epoch %d/%d  train loss %.4f acc %.4f | test loss %.4f acc %.4f | "
+                "lr %.3g | %.1f s, %s img/s",
+                epoch,
+                cfg.trainer.epochs,
+                train_loss,
+                train_acc,
+                test_loss,
+                test_acc,
+                lr,
+                epoch_s,
+                f"{seen / epoch_s:,.0f}",
+            )
+
+        if cfg.trainer.epochs == 0:  # nothing to train: report what the untrained model does
+            test_loss, test_acc = evaluate(model, test_loader)
+            best_acc = test_acc
+            for tag, value in [
+                ("test/acc", test_acc),
+                ("test/loss", test_loss),
+                ("test/best_acc", best_acc),
+            ]:
+                writer.add_scalar(tag, value, 0)
+        if status == "ok":
+            writer.file_writer.add_summary(session_end)  # the HParams tab shows it finished
+    except BaseException as err:
+        # a crash (or Ctrl-C) still leaves a results.json that says what happened
+        write_json(
+            out_dir / "results.json",
+            {
+                "status": "error",
+                "error": f"{type(err).__name__}: {err}",
+                "model": model_name,
+                "dataset": ds.name,
+                "epochs_done": len(history),
+                "steps": step,
+                "config": OmegaConf.to_container(cfg, resolve=True),
+            },
         )
-        history.append(row)
-        metrics_csv.writerow(row)
-        csv_file.flush()
-        for tag, key in [
-            ("train/epoch_loss", "train_loss"),
-            ("train/acc", "train_acc"),
-            ("test/loss", "test_loss"),
-            ("test/acc", "test_acc"),
-            ("lr", "lr"),
-            ("perf/epoch_s", "epoch_s"),
-            ("perf/images_per_s", "images_per_s"),
-        ]:
-            writer.add_scalar(tag, row[key], step)
-        writer.add_scalar("test/best_acc", best_acc, step)
-        writer.flush()
-        log.info(
-            "epoch %d/%d  train loss %.4f acc %.4f | test loss %.4f acc %.4f | "
-            "lr %.3g | %.1f s, %s img/s",
-            epoch,
-            cfg.trainer.epochs,
-            train_loss,
-            train_acc,
-            test_loss,
-            test_acc,
-            lr,
-            epoch_s,
-            f"{seen / epoch_s:,.0f}",
-        )
+        raise
+    finally:
+        csv_file.close()
+        writer.close()
 
-    csv_file.close()
-    if cfg.trainer.epochs == 0:  # nothing trained: still report what the untrained model does
-        test_loss, test_acc = evaluate(model, test_loader)
-        best_acc = test_acc
-        writer.add_scalar("test/acc", test_acc, 0)
-        writer.add_scalar("test/loss", test_loss, 0)
-        writer.add_scalar("test/best_acc", best_acc, 0)
-    writer.file_writer.add_summary(session_end)  # marks the run finished in the HParams tab
-    writer.close()
-
-    images = sum(r["images_per_s"] * r["epoch_s"] for r in history)
+    # the first epoch pays for warm-up (allocations, lazy init), so it is left out of the
+    # throughput when later epochs exist
+    timed = history[1:] or history
+    timed_s = sum(r["epoch_s"] for r in timed)
     results = {
-        "status": "ok",
-        "model": cfg.model._target_.rsplit(".", 1)[-1],
-        "dataset": cfg.dataset.name,
+        "status": status,
+        "diverged_at_step": diverged_at,
+        "model": model_name,
+        "dataset": ds.name,
         "test_acc": test_acc,
         "test_loss": test_loss,
         "best_test_acc": best_acc,
@@ -302,10 +356,13 @@ def train(cfg: DictConfig, out_dir: Path) -> dict:
         "train_loss": history[-1]["train_loss"] if history else None,
         "train_acc": history[-1]["train_acc"] if history else None,
         "epochs": cfg.trainer.epochs,
+        "epochs_done": len(history),
         "steps": step,
         "params": params,
-        "train_images_per_s": images / train_time if train_time else None,
-        "train_s": train_time,
+        "train_images_per_s": sum(r["images_per_s"] * r["epoch_s"] for r in timed) / timed_s
+        if timed_s
+        else None,
+        "train_s": sum(r["epoch_s"] for r in history),
         "wall_s": time.perf_counter() - start,
         "device": str(device),
         "torch_version": torch.__version__,
@@ -314,7 +371,7 @@ def train(cfg: DictConfig, out_dir: Path) -> dict:
         "run_dir": str(out_dir),
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
-    _write_json(out_dir / "results.json", results)
+    write_json(out_dir / "results.json", results)
     return results
 
 
@@ -323,11 +380,16 @@ def main(cfg: DictConfig) -> float:
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         results = train(cfg, out_dir)
-    except (ConfigError, data.DataError) as err:
+    except (ConfigError, data.DataError, OSError) as err:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         print(f"cnnbench: error: {err}", file=sys.stderr)
         sys.exit(2)
+    if results["status"] != "ok":
+        print(f"cnnbench: run {results['status']} - {out_dir}", file=sys.stderr)
+        if HydraConfig.get().mode == RunMode.RUN:  # in a sweep, the other jobs go on
+            sys.exit(1)
+        return float("nan")
     print(
         f"test accuracy {results['test_acc']:.4f} (best {results['best_test_acc']:.4f}, "
         f"epoch {results['best_epoch']}) - {out_dir}"

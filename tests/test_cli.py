@@ -73,13 +73,28 @@ def test_default_output_layout_and_sweep(tmp_path, data_root):
     ],
 )
 def test_bad_input_gives_one_clear_message(tmp_path, data_root, override, words):
-    args = [*small_overrides(data_root, tmp_path / "cache"), override]
+    args = [*small_overrides(data_root, tmp_path / "cache"), *override.split()]
     if override == "dataset=mnist":  # an empty root: nothing to find, download off
         args.append(f"dataset.root={tmp_path / 'empty'}")
     proc = cnnbench(*args, cwd=tmp_path)
     assert proc.returncode != 0
     assert words in proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
+
+
+def test_divergence_exits_non_zero_but_a_sweep_goes_on(tmp_path, data_root):
+    common = [*small_overrides(data_root, tmp_path / "cache"), "model=mlp", "optimizer=sgd"]
+    proc = cnnbench(*common, "optimizer.lr=1e12", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert proc.returncode == 1 and "diverged" in proc.stderr
+    assert "optimizer.lr=1e+11" in proc.stdout  # the likely fix, in the log
+    proc = cnnbench(
+        "-m", *common, "optimizer.lr=1e12,0.01", f"hydra.sweep.dir={tmp_path / 'sw'}", cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr
+    statuses = sorted(
+        json.loads(p.read_text())["status"] for p in (tmp_path / "sw").glob("*/results.json")
+    )
+    assert statuses == ["diverged", "ok"]
 
 
 def test_help_lists_the_groups_and_cfg_prints_the_config(tmp_path):

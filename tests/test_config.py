@@ -2,9 +2,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
-from cnnbench.config import CONFIG_DIR, ConfigError, resolve_device, validate
+from cnnbench.config import CONFIG_DIR, RULES, ConfigError, flatten, resolve_device, validate
+from cnnbench.train import build, run_length_args
 
 GROUPS = {
     g: sorted(p.stem for p in (CONFIG_DIR / g).glob("*.yaml"))
@@ -27,17 +28,56 @@ def test_every_option_composes_and_validates(make_cfg, group, option):
     assert cfg.model._target_.startswith("cnnbench.models.")
 
 
-@pytest.mark.parametrize("optimizer", GROUPS["optimizer"])
-@pytest.mark.parametrize("scheduler", GROUPS["scheduler"])
-def test_optimizer_and_scheduler_instantiate(make_cfg, optimizer, scheduler):
-    cfg = make_cfg(f"optimizer={optimizer}", f"scheduler={scheduler}")
-    params = [torch.nn.Parameter(torch.zeros(2))]
-    opt = instantiate(cfg.optimizer, _convert_="all")(params)
-    sched = instantiate(cfg.scheduler, _convert_="all")(opt)
-    assert opt.param_groups[0]["lr"] > 0
-    for _ in range(cfg.trainer.epochs):
+def lr_curve(cfg, steps: int) -> list[float]:
+    """The learning rate of each of `steps` optimizer steps, built as train.py builds it."""
+    opt = build("optimizer", cfg.optimizer, [torch.nn.Parameter(torch.zeros(2))])
+    sched = build("scheduler", cfg.scheduler, opt, **run_length_args(cfg.scheduler, steps))
+    lrs = []
+    for _ in range(steps):
+        lrs.append(opt.param_groups[0]["lr"])
         opt.step()
         sched.step()
+    return lrs
+
+
+@pytest.mark.parametrize("optimizer", GROUPS["optimizer"])
+@pytest.mark.parametrize("scheduler", GROUPS["scheduler"])
+def test_optimizer_and_scheduler_build_and_step(make_cfg, optimizer, scheduler):
+    lrs = lr_curve(make_cfg(f"optimizer={optimizer}", f"scheduler={scheduler}"), 50)
+    assert len(lrs) == 50 and all(lr > 0 for lr in lrs)
+
+
+def test_schedules_span_the_whole_run_step_by_step(make_cfg):
+    lr = 0.1
+    none = lr_curve(make_cfg("optimizer=sgd", f"optimizer.lr={lr}"), 100)
+    assert none == [lr] * 100
+    cosine = lr_curve(make_cfg("optimizer=sgd", f"optimizer.lr={lr}", "scheduler=cosine"), 100)
+    assert cosine[0] == lr and cosine == sorted(cosine, reverse=True)
+    assert cosine[50] == pytest.approx(lr / 2, rel=0.05) and cosine[-1] < lr / 100
+    onecycle = lr_curve(make_cfg("optimizer=sgd", f"optimizer.lr={lr}", "scheduler=onecycle"), 100)
+    peak = onecycle.index(max(onecycle))
+    assert 25 <= peak <= 35 and max(onecycle) == pytest.approx(lr)  # pct_start 0.3
+    assert onecycle[0] < lr / 10 and onecycle[-1] < lr / 1000
+    step = lr_curve(
+        make_cfg("optimizer=sgd", f"optimizer.lr={lr}", "scheduler=step", "scheduler.step_size=10"),
+        25,
+    )
+    assert (
+        step[9] == lr and step[10] == pytest.approx(lr / 10) and step[20] == pytest.approx(lr / 100)
+    )
+
+
+@pytest.mark.parametrize(
+    "override,words",
+    [
+        ("optimizer=sgd optimizer.nesterov=true", "Nesterov momentum requires a momentum"),
+        ("+optimizer.foo=1", "unexpected keyword argument 'foo'"),
+    ],
+)
+def test_constructor_complaints_become_config_errors(make_cfg, override, words):
+    cfg = make_cfg(*override.split())
+    with pytest.raises(ConfigError, match=words):
+        build("optimizer", cfg.optimizer, [torch.nn.Parameter(torch.zeros(2))])
 
 
 def test_struct_mode_refuses_unknown_keys(make_cfg):
@@ -79,6 +119,15 @@ def test_every_problem_is_reported_at_once(make_cfg):
     assert len(str(err.value).splitlines()) == 2
 
 
+def test_every_rule_names_a_shipped_key(make_cfg):
+    """A misspelt rule would silently check nothing."""
+    shipped = set()
+    for group, options in GROUPS.items():
+        for option in options:
+            shipped |= set(flatten(OmegaConf.to_container(make_cfg(f"{group}={option}"))))
+    assert set(RULES) <= shipped, set(RULES) - shipped
+
+
 def test_devices():
     assert resolve_device("cpu") == torch.device("cpu")
     assert resolve_device("auto").type in {"cpu", "cuda", "mps"}
@@ -89,9 +138,5 @@ def test_devices():
             resolve_device("cuda")
 
 
-def test_configs_ship_inside_the_package():
-    import tomllib
-
-    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
-    assert pyproject["tool"]["setuptools"]["package-dir"]["cnnbench.conf"] == "conf"
-    assert (CONFIG_DIR / "config.yaml").is_file()
+def test_config_dir_is_the_repository_conf_in_a_source_tree():
+    assert Path(__file__).resolve().parents[1] / "conf" == CONFIG_DIR

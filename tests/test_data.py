@@ -1,3 +1,4 @@
+import dataclasses
 import gzip
 import pickle
 
@@ -87,11 +88,20 @@ def test_corrupt_files_give_clear_error_and_no_cache(tmp_path, cache_dir, how, w
     assert not (cache_dir / "mnist-test.pt").exists()
 
 
-def test_missing_data_names_every_place_searched(tmp_path, cache_dir):
+@pytest.fixture
+def no_system_data(tmp_path, monkeypatch):
+    """Stand-in for /usr/share/datasets/fashion-mnist, which may be installed on this machine."""
+    fake = tmp_path / "usr-share-datasets-fashion-mnist"
+    spec = dataclasses.replace(data.SPECS["fashion_mnist"], system_folders=(str(fake),))
+    monkeypatch.setitem(data.SPECS, "fashion_mnist", spec)
+    return fake
+
+
+def test_missing_data_names_every_place_searched(tmp_path, cache_dir, no_system_data):
     with pytest.raises(DataError) as err:
         data.load("fashion_mnist", "train", tmp_path / "nowhere", False, cache_dir)
     message = str(err.value)
-    for folder in ("fashion-mnist", "FashionMNIST/raw", "/usr/share/datasets/fashion-mnist"):
+    for folder in ("nowhere/fashion-mnist", "nowhere/FashionMNIST/raw", str(no_system_data)):
         assert folder in message
     assert "dataset.root=" in message and "dataset.download=true" in message
     assert "apt-get install dataset-fashion-mnist" in message
@@ -167,3 +177,30 @@ def test_loader_normalises_and_resizes_on_the_device():
 def test_limit_batches():
     assert len(_loader(limit_batches=3)) == 3
     assert sum(len(y) for _, y in _loader(limit_batches=3)) == 30
+
+
+def test_a_root_is_its_own_folder_only_for_the_matching_dataset(
+    tmp_path, cache_dir, no_system_data
+):
+    write_mnist_like(tmp_path / "mnist", n_train=50, n_test=20)
+    # pointing at the folder itself works for MNIST ...
+    images, _ = data.load("mnist", "test", tmp_path / "mnist", False, cache_dir)
+    assert len(images) == 20
+    # ... but never passes MNIST's identically named files off as Fashion-MNIST
+    with pytest.raises(DataError, match="Fashion-MNIST"):
+        data.load("fashion_mnist", "test", tmp_path / "mnist", False, cache_dir)
+
+
+def test_unwritable_cache_warns_and_still_loads(tmp_path, caplog):
+    write_mnist_like(tmp_path / "mnist", n_train=50, n_test=20)
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where the cache folder should be")
+    images, _ = data.load("mnist", "test", tmp_path, False, blocker / "cache")
+    assert len(images) == 20
+    assert "cannot cache mnist" in caplog.text
+
+
+def test_system_folder_is_searched_after_the_root(tmp_path, cache_dir, no_system_data):
+    write_mnist_like(no_system_data, n_train=50, n_test=20)
+    images, _ = data.load("fashion_mnist", "test", tmp_path / "empty-root", False, cache_dir)
+    assert len(images) == 20

@@ -136,3 +136,47 @@ def test_zero_epochs_evaluates_the_untrained_model(make_cfg, tmp_path):
 def test_too_small_input_is_a_config_error(make_cfg, tmp_path):
     with pytest.raises(ConfigError, match=r"(?s)cannot take 1x8x8 .*dataset.resize=28"):
         train(make_cfg("dataset.resize=8"), tmp_path)
+
+
+def test_train_loss_is_logged_across_epochs_at_the_cadence(make_cfg, tmp_path):
+    # 3 batches an epoch and a cadence of 5: the window runs on over the epoch boundaries
+    train(
+        make_cfg(
+            "trainer.limit_train_batches=3", "trainer.epochs=4", "trainer.log_every_n_steps=5"
+        ),
+        tmp_path,
+    )
+    events = EventAccumulator(str(tmp_path)).Reload()
+    assert [e.step for e in events.Scalars("train/loss")] == [5, 10]
+    assert [e.step for e in events.Scalars("lr")] == [5, 10]
+
+
+def test_divergence_stops_the_run_and_is_recorded(make_cfg, tmp_path):
+    results = train(
+        make_cfg("model=mlp", "optimizer=sgd", "optimizer.lr=1e12", "trainer.epochs=3"), tmp_path
+    )
+    assert results["status"] == "diverged" and results["diverged_at_step"] >= 1
+    assert results["epochs_done"] < 3
+    assert json.loads((tmp_path / "results.json").read_text())["status"] == "diverged"
+
+
+def test_a_crash_leaves_results_json_with_the_error(make_cfg, tmp_path, monkeypatch):
+    import cnnbench.train
+
+    def broken(model, loader):
+        raise RuntimeError("evaluation exploded")
+
+    monkeypatch.setattr(cnnbench.train, "evaluate", broken)
+    with pytest.raises(RuntimeError, match="evaluation exploded"):
+        train(make_cfg(), tmp_path)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["status"] == "error" and "evaluation exploded" in saved["error"]
+    assert (tmp_path / "metrics.csv").read_text().startswith("epoch,step")
+
+
+def test_schedule_runs_over_the_real_step_count(make_cfg, tmp_path):
+    results = train(make_cfg("optimizer=sgd", "scheduler=onecycle", "trainer.epochs=2"), tmp_path)
+    rows = list(csv.DictReader((tmp_path / "metrics.csv").read_text().splitlines()))
+    # the lr of each epoch's last step: rising to the peak at 30 %, then annealed to ~0
+    assert float(rows[0]["lr"]) > float(rows[1]["lr"]) and float(rows[1]["lr"]) < 1e-4
+    assert results["status"] == "ok"
