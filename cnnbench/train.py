@@ -38,6 +38,17 @@ from cnnbench.config import CONFIG_DIR, ConfigError, flatten, resolve_device, va
 
 log = logging.getLogger(__name__)
 
+# metrics.csv column -> TensorBoard tag, once per epoch (train/loss and lr follow the log cadence)
+EPOCH_SCALARS = {
+    "train_loss": "train/epoch_loss",
+    "train_acc": "train/acc",
+    "test_loss": "test/loss",
+    "test_acc": "test/acc",
+    "best_test_acc": "test/best_acc",
+    "epoch_s": "perf/epoch_s",
+    "images_per_s": "perf/images_per_s",
+}
+
 
 @torch.inference_mode()
 def evaluate(model: nn.Module, loader: data.DeviceLoader) -> tuple[float, float]:
@@ -169,15 +180,9 @@ def train(cfg: DictConfig, out_dir: Path) -> dict:
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.trainer.label_smoothing)
     model_name = cfg.model._target_.rsplit(".", 1)[-1]
     log.info(
-        "%s on %s (%d train / %d test images at %dx%d), %s parameters, device %s",
-        model_name,
-        spec.title,
-        train_loader.num_samples,
-        test_loader.num_samples,
-        size,
-        size,
-        f"{params:,}",
-        device,
+        f"{model_name} on {spec.title} ({train_loader.num_samples} train / "
+        f"{test_loader.num_samples} test images at {size}x{size}), {params:,} parameters, "
+        f"device {device}"
     )
 
     # ---- logging
@@ -186,19 +191,8 @@ def train(cfg: DictConfig, out_dir: Path) -> dict:
     writer.add_text("config", "    " + OmegaConf.to_yaml(cfg).replace("\n", "\n    "))
     session_start, session_end = hparams_summaries(cfg)
     writer.file_writer.add_summary(session_start)
-    columns = [
-        "epoch",
-        "step",
-        "train_loss",
-        "train_acc",
-        "test_loss",
-        "test_acc",
-        "lr",
-        "epoch_s",
-        "images_per_s",
-    ]
     csv_file = open(out_dir / "metrics.csv", "w", newline="")  # noqa: SIM115 (closed below)
-    metrics_csv = csv.DictWriter(csv_file, fieldnames=columns)
+    metrics_csv = csv.DictWriter(csv_file, fieldnames=["epoch", "step", "lr", *EPOCH_SCALARS])
     metrics_csv.writeheader()
 
     # ---- the loop
@@ -259,55 +253,28 @@ def train(cfg: DictConfig, out_dir: Path) -> dict:
             if diverged_at is not None or not math.isfinite(train_loss):
                 status, diverged_at = "diverged", diverged_at or step
                 log.error(
-                    "the training loss became %s by step %d (epoch %d); the run stops. "
-                    "A smaller learning rate usually helps, e.g. optimizer.lr=%g",
-                    train_loss,
-                    diverged_at,
-                    epoch,
-                    cfg.optimizer.lr / 10,
+                    f"the training loss became {train_loss} by step {diverged_at} (epoch "
+                    f"{epoch}); the run stops. A smaller learning rate usually helps, e.g. "
+                    f"optimizer.lr={cfg.optimizer.lr / 10:g}"
                 )
                 break
 
             test_loss, test_acc = evaluate(model, test_loader)
             if test_acc > best_acc:
                 best_acc, best_epoch = test_acc, epoch
-            row = dict(
-                epoch=epoch,
-                step=step,
-                train_loss=train_loss,
-                train_acc=train_acc,
-                test_loss=test_loss,
-                test_acc=test_acc,
-                lr=lr,
-                epoch_s=epoch_s,
-                images_per_s=seen / epoch_s,
-            )
+            row = dict(epoch=epoch, step=step, lr=lr, train_loss=train_loss, train_acc=train_acc)
+            row.update(test_loss=test_loss, test_acc=test_acc, best_test_acc=best_acc)
+            row.update(epoch_s=epoch_s, images_per_s=seen / epoch_s)
             history.append(row)
             metrics_csv.writerow(row)
             csv_file.flush()
-            for tag, key in [
-                ("train/epoch_loss", "train_loss"),
-                ("train/acc", "train_acc"),
-                ("test/loss", "test_loss"),
-                ("test/acc", "test_acc"),
-                ("perf/epoch_s", "epoch_s"),
-                ("perf/images_per_s", "images_per_s"),
-            ]:
+            for key, tag in EPOCH_SCALARS.items():
                 writer.add_scalar(tag, row[key], step)
-            writer.add_scalar("test/best_acc", best_acc, step)
             writer.flush()
             log.info(
-                "epoch %d/%d  train loss %.4f acc %.4f | test loss %.4f acc %.4f | "
-                "lr %.3g | %.1f s, %s img/s",
-                epoch,
-                cfg.trainer.epochs,
-                train_loss,
-                train_acc,
-                test_loss,
-                test_acc,
-                lr,
-                epoch_s,
-                f"{seen / epoch_s:,.0f}",
+                f"epoch {epoch}/{cfg.trainer.epochs}  train loss {train_loss:.4f} acc "
+                f"{train_acc:.4f} | test loss {test_loss:.4f} acc {test_acc:.4f} | lr {lr:.3g} "
+                f"| {epoch_s:.1f} s, {seen / epoch_s:,.0f} img/s"
             )
 
         if cfg.trainer.epochs == 0:  # nothing to train: report what the untrained model does
@@ -344,6 +311,7 @@ def train(cfg: DictConfig, out_dir: Path) -> dict:
     # throughput when later epochs exist
     timed = history[1:] or history
     timed_s = sum(r["epoch_s"] for r in timed)
+    images_per_s = sum(r["images_per_s"] * r["epoch_s"] for r in timed) / timed_s if timed else None
     results = {
         "status": status,
         "diverged_at_step": diverged_at,
@@ -359,9 +327,7 @@ def train(cfg: DictConfig, out_dir: Path) -> dict:
         "epochs_done": len(history),
         "steps": step,
         "params": params,
-        "train_images_per_s": sum(r["images_per_s"] * r["epoch_s"] for r in timed) / timed_s
-        if timed_s
-        else None,
+        "train_images_per_s": images_per_s,
         "train_s": sum(r["epoch_s"] for r in history),
         "wall_s": time.perf_counter() - start,
         "device": str(device),
