@@ -147,6 +147,11 @@ def train(cfg: DictConfig, out_dir: Path) -> dict:
     start = time.perf_counter()
     validate(cfg)
     device = resolve_device(cfg.trainer.device)
+    if (out_dir / "metrics.csv").exists():  # e.g. two runs started within the same second
+        raise ConfigError(
+            f"{out_dir} already holds a run, which is left as it is. Give this one its own "
+            "directory, e.g. hydra.run.dir=outputs/my-run"
+        )
     seed_everything(cfg.trainer.seed)
 
     # ---- data: decoded once (cached on disk), moved to the device once

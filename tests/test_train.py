@@ -180,3 +180,11 @@ def test_schedule_runs_over_the_real_step_count(make_cfg, tmp_path):
     # the lr of each epoch's last step: rising to the peak at 30 %, then annealed to ~0
     assert float(rows[0]["lr"]) > float(rows[1]["lr"]) and float(rows[1]["lr"]) < 1e-4
     assert results["status"] == "ok"
+
+
+def test_an_existing_run_is_never_overwritten(make_cfg, tmp_path):
+    train(make_cfg("trainer.epochs=1", "trainer.limit_train_batches=1"), tmp_path)
+    before = (tmp_path / "results.json").read_text()
+    with pytest.raises(ConfigError, match="already holds a run"):
+        train(make_cfg("trainer.epochs=1"), tmp_path)
+    assert (tmp_path / "results.json").read_text() == before
