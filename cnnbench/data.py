@@ -51,6 +51,13 @@ IDX_FILES = {
 }
 CIFAR_FILES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
 
+# fmt: off
+FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                   "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
+                   "dog", "frog", "horse", "ship", "truck")
+# fmt: on
+
 SPECS = {
     "mnist": Spec(
         title="MNIST",
@@ -64,18 +71,7 @@ SPECS = {
     ),
     "fashion_mnist": Spec(
         title="Fashion-MNIST",
-        classes=(
-            "T-shirt/top",
-            "Trouser",
-            "Pullover",
-            "Dress",
-            "Coat",
-            "Sandal",
-            "Shirt",
-            "Sneaker",
-            "Bag",
-            "Ankle boot",
-        ),
+        classes=FASHION_CLASSES,
         channels=1,
         size=28,
         mean=(0.2860,),
@@ -86,18 +82,7 @@ SPECS = {
     ),
     "cifar10": Spec(
         title="CIFAR-10",
-        classes=(
-            "airplane",
-            "automobile",
-            "bird",
-            "cat",
-            "deer",
-            "dog",
-            "frog",
-            "horse",
-            "ship",
-            "truck",
-        ),
+        classes=CIFAR10_CLASSES,
         channels=3,
         size=32,
         mean=(0.4914, 0.4822, 0.4465),
