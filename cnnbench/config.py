@@ -19,6 +19,13 @@ CONFIG_DIR = next(
 )
 
 
+# conf/config.yaml names each sweep job's directory by its overrides; this keeps that name one
+# path component, short enough for any file system
+OmegaConf.register_new_resolver(
+    "cnnbench.dirname", lambda name: name.replace("/", "_")[:150], replace=True
+)
+
+
 class ConfigError(ValueError):
     """A config value that cannot work; the message names the key, the value and a fix."""
 
@@ -40,13 +47,23 @@ def _in_range(low: float, high: float) -> Callable[[object], bool]:
     return lambda v: _number(v) and low <= v < high
 
 
+def _text(v: object) -> bool:
+    return isinstance(v, str) and v != ""
+
+
 def _positive(v: object) -> bool:
     return _number(v) and v > 0
 
 
 # The value checks, by config key: (test, what is allowed, an example override). A key is
 # checked wherever it appears in the composed config (sgd has momentum, adam has betas).
+# The dataset and trainer groups are read by train.py itself, so their keys are exactly
+# the ones listed here; the other groups' keys go to a constructor, which refuses strangers.
+GROUPS = ("model", "dataset", "optimizer", "scheduler", "trainer")
 RULES: dict[str, tuple[Callable[[object], bool], str, str]] = {
+    "dataset.root": (_text, "a folder", "dataset.root=data"),
+    "dataset.cache_dir": (_text, "a folder", "dataset.cache_dir=~/.cache/cnnbench"),
+    "trainer.device": (_text, "auto, cpu, cuda, cuda:N or mps", "trainer.device=cpu"),
     "dataset.name": (lambda v: v in data.SPECS, f"one of {', '.join(data.SPECS)}", "dataset=mnist"),
     "dataset.download": (lambda v: isinstance(v, bool), "true or false", "dataset.download=false"),
     "dataset.normalize": (
@@ -167,7 +184,14 @@ def resolve_device(name: str) -> torch.device:
 
 def validate(cfg: DictConfig) -> None:
     """Raise one ConfigError listing every value that cannot work, before any data is read."""
-    problems = []
+    known = set(GROUPS) | {k for k in RULES if k.startswith(("dataset.", "trainer."))}
+    present = [*cfg] + [f"{group}.{key}" for group in ("dataset", "trainer") for key in cfg[group]]
+    problems = [
+        f"{key}: cnnbench has no such setting; remove it (python -m cnnbench --cfg job shows "
+        "every setting)"
+        for key in present
+        if key not in known
+    ]
     for key, value in flatten(OmegaConf.to_container(cfg, resolve=True)).items():
         if key not in RULES:
             continue

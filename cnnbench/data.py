@@ -150,7 +150,8 @@ def find(name: str, split: str, root: Path, download: bool) -> list[Path]:
         f"{spec.title} ({split} split) not found, and {problem}.\n"
         f"Looked for {', '.join(_source_files(name, split))} (or .gz) in:\n{looked}\n"
         f"Fix it with one of:\n"
-        f"  - dataset.root=<folder holding those files or one of the sub-folders above>\n"
+        f"  - dataset.root=<a folder whose {' or '.join(f'{f}/' for f in spec.folders)} "
+        "holds the files>\n"
         f"  - dataset.download=true with internet access (torchvision fetches into "
         f"dataset.root){hint}"
     )

@@ -18,6 +18,8 @@ import platform
 import random
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import hydra
@@ -25,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -70,20 +73,38 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+@contextmanager
+def blame(group: str, node: DictConfig) -> Iterator[None]:
+    """Turn a constructor's complaint about its arguments into one ConfigError naming the
+    group: torch's optimizers and schedulers, and our models, check their own arguments."""
+    try:
+        yield
+    except (InstantiationException, ValueError, TypeError, ZeroDivisionError) as err:
+        cause = err.__cause__ if isinstance(err, InstantiationException) else err
+        raise ConfigError(
+            f"{group} ({node._target_}): {cause or err}\nFix the {group}.* values; "
+            "python -m cnnbench --cfg job shows them."
+        ) from None
+
+
 def build_model(cfg: DictConfig, spec: data.Spec, size: int, device: torch.device) -> nn.Module:
     """Instantiate the model and run one image through it. That sizes its lazy layers, and
     an input the network cannot take becomes a message here instead of a traceback mid-run."""
-    model = instantiate(cfg.model, in_channels=spec.channels, num_classes=len(spec.classes))
-    model.to(device).eval()
+
+    def make() -> nn.Module:
+        with blame("model", cfg.model):
+            return instantiate(cfg.model, in_channels=spec.channels, num_classes=len(spec.classes))
+
+    model = make().to(device).eval()
     try:
         with torch.no_grad():
             out = model(torch.zeros(1, spec.channels, size, size, device=device))
     except RuntimeError as err:
-        # the size is to blame only if a fresh copy of the model takes a large input
+        # Blame the input size only if a fresh copy of the model takes a large image;
+        # otherwise the failure is the model's own, and its traceback is what helps.
         try:
-            big = instantiate(cfg.model, in_channels=spec.channels, num_classes=len(spec.classes))
             with torch.no_grad():
-                big.eval()(torch.zeros(1, spec.channels, 224, 224))
+                make().eval()(torch.zeros(1, spec.channels, 224, 224))
         except RuntimeError:
             raise err from None
         raise ConfigError(
@@ -97,18 +118,6 @@ def build_model(cfg: DictConfig, spec: data.Spec, size: int, device: torch.devic
             f"expected (1, {len(spec.classes)})"
         )
     return model
-
-
-def build(group: str, node: DictConfig, *args, **kwargs):
-    """Call the `_partial_` object of an optimizer or scheduler config; the classes check
-    their arguments themselves, so their complaint becomes the config error."""
-    try:
-        return instantiate(node, _convert_="all")(*args, **kwargs)
-    except (ValueError, TypeError, ZeroDivisionError) as err:
-        raise ConfigError(
-            f"{group} ({node._target_}): {err}. Fix the {group}.* values; "
-            "python -m cnnbench --cfg job shows them."
-        ) from None
 
 
 def run_length_args(node: DictConfig, total_steps: int) -> dict:
@@ -136,9 +145,18 @@ def hparams_summaries(cfg: DictConfig) -> tuple:
 
 
 def write_json(path: Path, obj: dict) -> None:
-    """Whole or not at all: a reader never sees half a file."""
+    """Whole or not at all, so a reader never sees half a file; NaN and inf become null,
+    which strict JSON parsers accept."""
+
+    def finite(v):
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: finite(x) for k, x in v.items()}
+        return [finite(x) for x in v] if isinstance(v, list) else v
+
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    tmp.write_text(json.dumps(finite(obj), indent=2, allow_nan=False) + "\n")
     os.replace(tmp, path)
 
 
@@ -147,11 +165,14 @@ def train(cfg: DictConfig, out_dir: Path) -> dict:
     start = time.perf_counter()
     validate(cfg)
     device = resolve_device(cfg.trainer.device)
-    if (out_dir / "metrics.csv").exists():  # e.g. two runs started within the same second
+    out_dir.mkdir(parents=True, exist_ok=True)
+    try:  # creating metrics.csv claims the directory, so two runs never share one
+        (out_dir / "metrics.csv").open("x").close()
+    except FileExistsError:  # e.g. two runs started within the same second
         raise ConfigError(
-            f"{out_dir} already holds a run, which is left as it is. Give this one its own "
-            "directory, e.g. hydra.run.dir=outputs/my-run"
-        )
+            f"{out_dir} already holds a run; its metrics, events and results are left as they "
+            "are. Give this run its own directory, e.g. hydra.run.dir=outputs/my-run"
+        ) from None
     seed_everything(cfg.trainer.seed)
 
     # ---- data: decoded once (cached on disk), moved to the device once
@@ -177,11 +198,13 @@ def train(cfg: DictConfig, out_dir: Path) -> dict:
     # ---- model, optimizer, schedule
     model = build_model(cfg, spec, size, device)
     params = sum(p.numel() for p in model.parameters())
-    optimizer = build("optimizer", cfg.optimizer, model.parameters())
+    with blame("optimizer", cfg.optimizer):
+        optimizer = instantiate(cfg.optimizer, _convert_="all")(model.parameters())
     total_steps = max(1, cfg.trainer.epochs * len(train_loader))
-    scheduler = build(
-        "scheduler", cfg.scheduler, optimizer, **run_length_args(cfg.scheduler, total_steps)
-    )
+    with blame("scheduler", cfg.scheduler):
+        scheduler = instantiate(cfg.scheduler, _convert_="all")(
+            optimizer, **run_length_args(cfg.scheduler, total_steps)
+        )
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.trainer.label_smoothing)
     model_name = cfg.model._target_.rsplit(".", 1)[-1]
     log.info(
@@ -191,7 +214,6 @@ def train(cfg: DictConfig, out_dir: Path) -> dict:
     )
 
     # ---- logging
-    out_dir.mkdir(parents=True, exist_ok=True)
     writer = SummaryWriter(log_dir=str(out_dir))
     writer.add_text("config", "    " + OmegaConf.to_yaml(cfg).replace("\n", "\n    "))
     session_start, session_end = hparams_summaries(cfg)
@@ -209,6 +231,11 @@ def train(cfg: DictConfig, out_dir: Path) -> dict:
     # log cadence and at the end of an epoch
     window_loss, window_steps = torch.zeros((), device=device), 0
     try:
+        if cfg.trainer.epochs == 0:  # nothing to train: report what the untrained model does
+            test_loss, test_acc = evaluate(model, test_loader)
+            best_acc = test_acc
+            for tag, value in [("test/acc", test_acc), ("test/loss", test_loss)]:
+                writer.add_scalar(tag, value, 0)
         for epoch in range(1, cfg.trainer.epochs + 1):
             model.train()
             train_loader.set_epoch(epoch)
@@ -255,8 +282,10 @@ def train(cfg: DictConfig, out_dir: Path) -> dict:
             train_loss = epoch_loss.item() / max(seen, 1)
             train_acc = epoch_correct.item() / max(seen, 1)
             epoch_s = time.perf_counter() - tic  # after .item(): the device has finished
-            if diverged_at is not None or not math.isfinite(train_loss):
-                status, diverged_at = "diverged", diverged_at or step
+            if diverged_at is None and not math.isfinite(train_loss):
+                diverged_at = step
+            if diverged_at is not None:
+                status = "diverged"
                 log.error(
                     f"the training loss became {train_loss} by step {diverged_at} (epoch "
                     f"{epoch}); the run stops. A smaller learning rate usually helps, e.g. "
@@ -282,15 +311,9 @@ def train(cfg: DictConfig, out_dir: Path) -> dict:
                 f"| {epoch_s:.1f} s, {seen / epoch_s:,.0f} img/s"
             )
 
-        if cfg.trainer.epochs == 0:  # nothing to train: report what the untrained model does
-            test_loss, test_acc = evaluate(model, test_loader)
-            best_acc = test_acc
-            for tag, value in [
-                ("test/acc", test_acc),
-                ("test/loss", test_loss),
-                ("test/best_acc", best_acc),
-            ]:
-                writer.add_scalar(tag, value, 0)
+        if window_steps and status == "ok":  # steps since the last point: short runs get one
+            writer.add_scalar("train/loss", window_loss.item() / window_steps, step)
+            writer.add_scalar("lr", lr, step)
         if status == "ok":
             writer.file_writer.add_summary(session_end)  # the HParams tab shows it finished
     except BaseException as err:

@@ -7,21 +7,17 @@ import sys
 
 import pytest
 
-from tests.conftest import SHARED_DATA, small_overrides
+from tests.conftest import REPO, SHARED_DATA, small_overrides
 
 pytestmark = pytest.mark.slow
 
 
 def cnnbench(*args: str, cwd, module: str = "cnnbench") -> subprocess.CompletedProcess:
+    """`python -m cnnbench ...` run from `cwd`, importing this checkout's cnnbench."""
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    return subprocess.run(
-        [sys.executable, "-m", module, *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
 
 
 def test_run_writes_its_files_and_prints_accuracy(tmp_path, data_root):
@@ -95,6 +91,17 @@ def test_divergence_exits_non_zero_but_a_sweep_goes_on(tmp_path, data_root):
         json.loads(p.read_text())["status"] for p in (tmp_path / "sw").glob("*/results.json")
     )
     assert statuses == ["diverged", "ok"]
+
+
+def test_equal_seeds_give_equal_results_across_processes(tmp_path, data_root):
+    results = []
+    for name in ("a", "b"):
+        proc = cnnbench(*small_overrides(data_root, tmp_path / "cache"), "model=mlp",
+                        f"hydra.run.dir={tmp_path / name}", cwd=tmp_path)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        results.append(json.loads((tmp_path / name / "results.json").read_text()))
+    for key in ("test_acc", "test_loss", "train_loss", "train_acc"):
+        assert results[0][key] == results[1][key], key
 
 
 def test_help_lists_the_groups_and_cfg_prints_the_config(tmp_path):

@@ -1,11 +1,13 @@
+import re
 from pathlib import Path
 
 import pytest
 import torch
+from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from cnnbench.config import CONFIG_DIR, RULES, ConfigError, flatten, resolve_device, validate
-from cnnbench.train import build, run_length_args
+from cnnbench.train import blame, run_length_args
 
 GROUPS = {
     g: sorted(p.stem for p in (CONFIG_DIR / g).glob("*.yaml"))
@@ -28,10 +30,18 @@ def test_every_option_composes_and_validates(make_cfg, group, option):
     assert cfg.model._target_.startswith("cnnbench.models.")
 
 
+def build_optimizer(cfg) -> torch.optim.Optimizer:
+    with blame("optimizer", cfg.optimizer):
+        return instantiate(cfg.optimizer, _convert_="all")([torch.nn.Parameter(torch.zeros(2))])
+
+
 def lr_curve(cfg, steps: int) -> list[float]:
     """The learning rate of each of `steps` optimizer steps, built as train.py builds it."""
-    opt = build("optimizer", cfg.optimizer, [torch.nn.Parameter(torch.zeros(2))])
-    sched = build("scheduler", cfg.scheduler, opt, **run_length_args(cfg.scheduler, steps))
+    opt = build_optimizer(cfg)
+    with blame("scheduler", cfg.scheduler):
+        sched = instantiate(cfg.scheduler, _convert_="all")(
+            opt, **run_length_args(cfg.scheduler, steps)
+        )
     lrs = []
     for _ in range(steps):
         lrs.append(opt.param_groups[0]["lr"])
@@ -77,7 +87,7 @@ def test_schedules_span_the_whole_run_step_by_step(make_cfg):
 def test_constructor_complaints_become_config_errors(make_cfg, override, words):
     cfg = make_cfg(*override.split())
     with pytest.raises(ConfigError, match=words):
-        build("optimizer", cfg.optimizer, [torch.nn.Parameter(torch.zeros(2))])
+        build_optimizer(cfg)
 
 
 def test_struct_mode_refuses_unknown_keys(make_cfg):
@@ -110,6 +120,24 @@ def test_bad_values_are_named_with_a_fix(make_cfg, override, key):
         validate(cfg)
     message = str(err.value)
     assert message.startswith(f"{key}=") and "e.g. " + key in message
+
+
+@pytest.mark.parametrize("override", ["+trainer.epoch=3", "+dataset.batchsize=64", "+lr=0.1"])
+def test_settings_nothing_reads_are_refused(make_cfg, override):
+    """Hydra's hint for a misspelt key is to add it with +; such a key would do nothing."""
+    key = override[1:].split("=")[0]
+    with pytest.raises(ConfigError, match=rf"^{re.escape(key)}: cnnbench has no such setting"):
+        validate(make_cfg(override))
+
+
+def test_onecycle_leaves_the_optimizers_momentum_alone(make_cfg):
+    cfg = make_cfg("optimizer=sgd", "optimizer.momentum=0.9", "scheduler=onecycle")
+    opt = build_optimizer(cfg)
+    sched = instantiate(cfg.scheduler, _convert_="all")(opt, **run_length_args(cfg.scheduler, 20))
+    for _ in range(10):
+        opt.step()
+        sched.step()
+        assert opt.param_groups[0]["momentum"] == 0.9
 
 
 def test_every_problem_is_reported_at_once(make_cfg):

@@ -204,3 +204,35 @@ def test_system_folder_is_searched_after_the_root(tmp_path, cache_dir, no_system
     write_mnist_like(no_system_data, n_train=50, n_test=20)
     images, _ = data.load("fashion_mnist", "test", tmp_path / "empty-root", False, cache_dir)
     assert len(images) == 20
+
+
+def test_a_download_lands_where_the_next_search_finds_it(tmp_path, cache_dir, monkeypatch):
+    """torchvision's layout (root/MNIST/raw/) is searched after a download."""
+    calls = []
+
+    def fake_download(name, root):
+        calls.append(name)
+        write_mnist_like(root / "MNIST" / "raw", n_train=30, n_test=10)
+
+    monkeypatch.setattr(data, "_download", fake_download)
+    images, _ = data.load("mnist", "test", tmp_path, True, cache_dir)
+    assert len(images) == 10 and calls == ["mnist"]
+    data.load("mnist", "train", tmp_path, True, cache_dir)
+    assert calls == ["mnist"]  # found on disk the second time
+
+
+@pytest.mark.parametrize("how", ["truncated", "not a pickle", "wrong shape"])
+def test_corrupt_cifar_batches_give_clear_error_and_no_cache(tmp_path, cache_dir, how):
+    folder = tmp_path / "cifar-10-batches-py"
+    write_cifar_like(folder, per_batch=4, n_test=4)
+    target = folder / "test_batch"
+    if how == "truncated":
+        target.write_bytes(target.read_bytes()[:100])
+    elif how == "not a pickle":
+        target.write_bytes(b"hello")
+    else:
+        with open(target, "wb") as f:
+            pickle.dump({b"data": np.zeros((4, 10), np.uint8), b"labels": [0] * 4}, f)
+    with pytest.raises(DataError, match="test_batch"):
+        data.load("cifar10", "test", tmp_path, False, cache_dir)
+    assert not (cache_dir / "cifar10-test.pt").exists()

@@ -1,5 +1,6 @@
 """A non-editable install ships the configs: build the wheel, install it apart, run it."""
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -10,23 +11,23 @@ from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
 
+NOT_SOURCE = shutil.ignore_patterns(
+    ".git", "build", "*.egg-info", "outputs", "multirun", "data", ".venv", "__pycache__",
+    ".pytest_cache", ".ruff_cache",
+)  # fmt: skip
+
+
+def run(*args, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([str(a) for a in args], capture_output=True, text=True, **kwargs)
+
 
 def test_wheel_ships_configs_and_runs_from_anywhere(tmp_path):
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "--no-deps",
-            "--no-build-isolation",
-            "-q",
-            "-w",
-            str(tmp_path),
-            str(REPO),
-        ],
-        check=True,
-    )
+    # built from a copy: a build inside the checkout leaves build/ behind, and the next
+    # build would ship the stale files in it
+    source = tmp_path / "source"
+    shutil.copytree(REPO, source, ignore=NOT_SOURCE)
+    pip_wheel = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q"]
+    run(*pip_wheel, "-w", tmp_path, source, check=True)
     [wheel] = tmp_path.glob("cnnbench-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     shipped = {n.removeprefix("cnnbench/") for n in names if n.startswith("cnnbench/conf/")}
@@ -35,22 +36,12 @@ def test_wheel_ships_configs_and_runs_from_anywhere(tmp_path):
 
     # a venv that sees this interpreter's torch and hydra, with cnnbench only from the wheel
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    run(sys.executable, "-m", "venv", "--system-site-packages", venv, check=True)
     python = venv / "bin" / "python"
-    subprocess.run([python, "-m", "pip", "install", "-q", "--no-deps", str(wheel)], check=True)
-    proc = subprocess.run(
-        [python, "-P", "-m", "cnnbench", "--cfg", "job", "model=mlp"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-    )
+    run(python, "-m", "pip", "install", "-q", "--no-deps", wheel, check=True)
+    proc = run(python, "-P", "-m", "cnnbench", "--cfg", "job", "model=mlp", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "cnnbench.models.MLP" in proc.stdout
-    where = subprocess.run(
-        [python, "-P", "-c", "import cnnbench.config as c; print(c.CONFIG_DIR)"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    where = run(python, "-P", "-c", "import cnnbench.config as c; print(c.CONFIG_DIR)",
+                cwd=tmp_path, check=True).stdout  # fmt: skip
     assert str(venv) in where

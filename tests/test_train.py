@@ -147,8 +147,9 @@ def test_train_loss_is_logged_across_epochs_at_the_cadence(make_cfg, tmp_path):
         tmp_path,
     )
     events = EventAccumulator(str(tmp_path)).Reload()
-    assert [e.step for e in events.Scalars("train/loss")] == [5, 10]
-    assert [e.step for e in events.Scalars("lr")] == [5, 10]
+    # ... and the last two steps are flushed at the end of the run
+    assert [e.step for e in events.Scalars("train/loss")] == [5, 10, 12]
+    assert [e.step for e in events.Scalars("lr")] == [5, 10, 12]
 
 
 def test_divergence_stops_the_run_and_is_recorded(make_cfg, tmp_path):
@@ -184,7 +185,40 @@ def test_schedule_runs_over_the_real_step_count(make_cfg, tmp_path):
 
 def test_an_existing_run_is_never_overwritten(make_cfg, tmp_path):
     train(make_cfg("trainer.epochs=1", "trainer.limit_train_batches=1"), tmp_path)
-    before = (tmp_path / "results.json").read_text()
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
     with pytest.raises(ConfigError, match="already holds a run"):
         train(make_cfg("trainer.epochs=1"), tmp_path)
-    assert (tmp_path / "results.json").read_text() == before
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
+
+
+@pytest.mark.parametrize(
+    "override,words",
+    [
+        ("model.activation=foo", "activation='foo'; choose one of relu"),
+        ("model.hidden=[0]", "hidden=[0]; give layer widths >= 1"),
+        ("+model.depth=3", "unexpected keyword argument 'depth'"),
+    ],
+)
+def test_model_argument_errors_name_the_model(make_cfg, tmp_path, override, words):
+    with pytest.raises(ConfigError, match=r"^model \(cnnbench.models.MLP\): ") as err:
+        train(make_cfg("model=mlp", override), tmp_path)
+    assert words in str(err.value)
+
+
+def test_short_runs_still_log_train_loss_and_lr(make_cfg, tmp_path):
+    train(
+        make_cfg(
+            "trainer.limit_train_batches=3", "trainer.epochs=1", "trainer.log_every_n_steps=50"
+        ),
+        tmp_path,
+    )
+    events = EventAccumulator(str(tmp_path)).Reload()
+    assert [e.step for e in events.Scalars("train/loss")] == [3]
+    assert [e.step for e in events.Scalars("lr")] == [3]
+
+
+def test_diverged_results_are_strict_json(make_cfg, tmp_path):
+    train(make_cfg("model=mlp", "optimizer=sgd", "optimizer.lr=1e12"), tmp_path)
+    text = (tmp_path / "results.json").read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))

@@ -28,6 +28,10 @@ class MLP(nn.Sequential):
     ) -> None:
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation={activation!r}; choose one of {', '.join(ACTIVATIONS)}")
+        if not all(isinstance(w, int) and w >= 1 for w in hidden):
+            raise ValueError(f"hidden={list(hidden)}; give layer widths >= 1, e.g. [256]")
+        if not 0 <= dropout < 1:
+            raise ValueError(f"dropout={dropout}; give a probability in [0, 1), e.g. 0.5")
         layers: list[nn.Module] = [nn.Flatten()]
         for width in hidden:
             layers += [nn.LazyLinear(width), ACTIVATIONS[activation]()]
