@@ -41,7 +41,8 @@ class Spec:
     # sub-folders of a root that may hold the files; the root itself counts when its path
     # ends with one of them (MNIST and Fashion-MNIST files have the same names)
     folders: tuple[str, ...]
-    system_folders: tuple[str, ...] = ()  # where OS packages install the files
+    system_folders: tuple[str, ...] = ()  # where an OS package installs the files
+    system_package: str = ""  # that Debian/Ubuntu package
     torchvision_name: str = ""
 
 
@@ -77,7 +78,8 @@ SPECS = {
         mean=(0.2860,),
         std=(0.3530,),
         folders=("fashion-mnist", "fashion_mnist", "FashionMNIST/raw"),
-        system_folders=("/usr/share/datasets/fashion-mnist",),  # Debian: dataset-fashion-mnist
+        system_folders=("/usr/share/datasets/fashion-mnist",),
+        system_package="dataset-fashion-mnist",
         torchvision_name="FashionMNIST",
     ),
     "cifar10": Spec(
@@ -142,8 +144,8 @@ def find(name: str, split: str, root: Path, download: bool) -> list[Path]:
     spec = SPECS[name]
     looked = "\n".join(f"  - {f}" for f in folders)
     hint = (
-        "\n  - or, on Debian/Ubuntu: apt-get install dataset-fashion-mnist"
-        if spec.system_folders
+        f"\n  - on Debian/Ubuntu: apt-get install {spec.system_package}"
+        if spec.system_package
         else ""
     )
     raise DataError(
