@@ -47,6 +47,14 @@ def _in_range(low: float, high: float) -> Callable[[object], bool]:
     return lambda v: _number(v) and low <= v < high
 
 
+def _bool(v: object) -> bool:
+    return isinstance(v, bool)
+
+
+def _or_none(ok: Callable[[object], bool]) -> Callable[[object], bool]:
+    return lambda v: v is None or ok(v)
+
+
 def _text(v: object) -> bool:
     return isinstance(v, str) and v != ""
 
@@ -65,15 +73,11 @@ RULES: dict[str, tuple[Callable[[object], bool], str, str]] = {
     "dataset.cache_dir": (_text, "a folder", "dataset.cache_dir=~/.cache/cnnbench"),
     "trainer.device": (_text, "auto, cpu, cuda, cuda:N or mps", "trainer.device=cpu"),
     "dataset.name": (lambda v: v in data.SPECS, f"one of {', '.join(data.SPECS)}", "dataset=mnist"),
-    "dataset.download": (lambda v: isinstance(v, bool), "true or false", "dataset.download=false"),
-    "dataset.normalize": (
-        lambda v: isinstance(v, bool),
-        "true or false",
-        "dataset.normalize=false",
-    ),
+    "dataset.download": (_bool, "true or false", "dataset.download=false"),
+    "dataset.normalize": (_bool, "true or false", "dataset.normalize=false"),
     "dataset.batch_size": (_int_at_least(1), "an integer >= 1", "dataset.batch_size=256"),
     "dataset.resize": (
-        lambda v: v is None or _int_at_least(1)(v),
+        _or_none(_int_at_least(1)),
         "null or an integer >= 1 (pixels per side)",
         "dataset.resize=224",
     ),
@@ -84,11 +88,7 @@ RULES: dict[str, tuple[Callable[[object], bool], str, str]] = {
         "a number >= 0",
         "optimizer.weight_decay=0.0005",
     ),
-    "optimizer.nesterov": (
-        lambda v: isinstance(v, bool),
-        "true or false",
-        "optimizer.nesterov=true",
-    ),
+    "optimizer.nesterov": (_bool, "true or false", "optimizer.nesterov=true"),
     "optimizer.betas": (
         lambda v: len(v) == 2 and all(_in_range(0, 1)(b) for b in v),
         "two numbers in [0, 1)",
@@ -135,7 +135,7 @@ RULES: dict[str, tuple[Callable[[object], bool], str, str]] = {
         "trainer.label_smoothing=0.1",
     ),
     "trainer.limit_train_batches": (
-        lambda v: v is None or _int_at_least(1)(v),
+        _or_none(_int_at_least(1)),
         "null or an integer >= 1",
         "trainer.limit_train_batches=10",
     ),
