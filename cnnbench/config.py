@@ -69,6 +69,12 @@ def _positive(v: object) -> bool:
 # the ones listed here; the other groups' keys go to a constructor, which refuses strangers.
 GROUPS = ("model", "dataset", "optimizer", "scheduler", "trainer")
 RULES: dict[str, tuple[Callable[[object], bool], str, str]] = {
+    "model.min_size": (_int_at_least(1), "an integer >= 1 (pixels per side)", "model.min_size=28"),
+    "model.input_size": (
+        _or_none(_int_at_least(1)),
+        "null (the dataset's size) or an integer >= 1",
+        "model.input_size=96",
+    ),
     "dataset.root": (_text, "a folder", "dataset.root=data"),
     "dataset.cache_dir": (_text, "a folder", "dataset.cache_dir=~/.cache/cnnbench"),
     "trainer.device": (_text, "auto, cpu, cuda, cuda:N or mps", "trainer.device=cpu"),
@@ -139,7 +145,16 @@ RULES: dict[str, tuple[Callable[[object], bool], str, str]] = {
         "null or an integer >= 1",
         "trainer.limit_train_batches=10",
     ),
+    "trainer.limit_test_batches": (
+        _or_none(_int_at_least(1)),
+        "null or an integer >= 1",
+        "trainer.limit_test_batches=10",
+    ),
 }
+
+
+# model keys read by cnnbench, not passed to the model's constructor
+MODEL_INPUT_KEYS = ("min_size", "input_size")
 
 
 def flatten(tree: dict, prefix: str = "") -> dict:
@@ -202,5 +217,33 @@ def validate(cfg: DictConfig) -> None:
             good = False
         if not good:
             problems.append(f"{key}={value!r} is not allowed: use {allowed}, e.g. {example}")
+    missing = [k for k in MODEL_INPUT_KEYS if k not in cfg.model]
+    if missing:
+        problems.append(
+            f"model: the config has no {' or '.join(missing)}; every conf/model/*.yaml declares "
+            "the smallest image side it takes (min_size) and the side it trains at (input_size, "
+            "null for the dataset's own), as conf/model/lenet.yaml does"
+        )
     if problems:
         raise ConfigError("\n".join(problems))
+    size, min_size = image_size(cfg), cfg.model.min_size
+    if size < min_size:
+        if cfg.dataset.resize:
+            given = f"dataset.resize={size}"
+        elif cfg.model.input_size:
+            given = f"model.input_size={size}"
+        else:
+            given = f"{data.SPECS[cfg.dataset.name].title} images are {size}x{size}"
+        fix = cfg.model.input_size if (cfg.model.input_size or 0) >= min_size else min_size
+        raise ConfigError(
+            f"{cfg.model._target_.rsplit('.', 1)[-1]} takes images of at least "
+            f"{min_size}x{min_size}, but {given}. Resize them, e.g. dataset.resize={fix} "
+            f"(any size >= {min_size} works)"
+        )
+
+
+def image_size(cfg: DictConfig) -> int:
+    """The side the model sees: dataset.resize, else the model's input_size, else the
+    dataset's own."""
+    native = data.SPECS[cfg.dataset.name].size
+    return cfg.dataset.resize or cfg.model.input_size or native

@@ -37,7 +37,15 @@ from torch.utils.tensorboard.summary import hparams
 from tqdm import tqdm
 
 from cnnbench import __version__, data
-from cnnbench.config import CONFIG_DIR, ConfigError, flatten, resolve_device, validate
+from cnnbench.config import (
+    CONFIG_DIR,
+    MODEL_INPUT_KEYS,
+    ConfigError,
+    flatten,
+    image_size,
+    resolve_device,
+    validate,
+)
 
 log = logging.getLogger(__name__)
 
@@ -59,11 +67,12 @@ def evaluate(model: nn.Module, loader: data.DeviceLoader) -> tuple[float, float]
     model.eval()
     loss_sum = torch.zeros((), device=loader.device)
     correct = torch.zeros((), device=loader.device, dtype=torch.long)
+    n = 0
     for x, y in loader:
         logits = model(x)
         loss_sum += F.cross_entropy(logits, y, reduction="sum")
         correct += (logits.argmax(1) == y).sum()
-    n = loader.num_samples
+        n += len(y)
     return loss_sum.item() / n, correct.item() / n
 
 
@@ -88,30 +97,13 @@ def blame(group: str, node: DictConfig) -> Iterator[None]:
 
 
 def build_model(cfg: DictConfig, spec: data.Spec, size: int, device: torch.device) -> nn.Module:
-    """Instantiate the model and run one image through it. That sizes its lazy layers, and
-    an input the network cannot take becomes a message here instead of a traceback mid-run."""
-
-    def make() -> nn.Module:
-        with blame("model", cfg.model):
-            return instantiate(cfg.model, in_channels=spec.channels, num_classes=len(spec.classes))
-
-    model = make().to(device).eval()
-    try:
-        with torch.no_grad():
-            out = model(torch.zeros(1, spec.channels, size, size, device=device))
-    except RuntimeError as err:
-        # Blame the input size only if a fresh copy of the model takes a large image;
-        # otherwise the failure is the model's own, and its traceback is what helps.
-        try:
-            with torch.no_grad():
-                make().eval()(torch.zeros(1, spec.channels, 224, 224))
-        except RuntimeError:
-            raise err from None
-        raise ConfigError(
-            f"{cfg.model._target_} cannot take {spec.channels}x{size}x{size} {spec.title} "
-            f"images: {str(err).splitlines()[0]}\nGive it larger images, e.g. "
-            f"dataset.resize={spec.size if size < spec.size else 224}"
-        ) from None
+    """Instantiate the model and run one image through it, which sizes its lazy layers."""
+    node = OmegaConf.masked_copy(cfg.model, [k for k in cfg.model if k not in MODEL_INPUT_KEYS])
+    with blame("model", cfg.model):
+        model = instantiate(node, in_channels=spec.channels, num_classes=len(spec.classes))
+    model = model.to(device).eval()
+    with torch.no_grad():
+        out = model(torch.zeros(1, spec.channels, size, size, device=device))
     if out.shape != (1, len(spec.classes)):
         raise ConfigError(
             f"{cfg.model._target_} returned shape {tuple(out.shape)} for one image; "
@@ -181,9 +173,10 @@ def train(cfg: DictConfig, out_dir: Path) -> dict:
     train_set, test_set = (
         data.load(ds.name, split, ds.root, ds.download, ds.cache_dir) for split in ("train", "test")
     )
-    size = ds.resize or spec.size
+    size = image_size(cfg)
+    resize = size if size != spec.size else None
     common = dict(
-        device=device, mean=spec.mean, std=spec.std, normalize=ds.normalize, resize=ds.resize
+        device=device, mean=spec.mean, std=spec.std, normalize=ds.normalize, resize=resize
     )
     train_loader = data.DeviceLoader(
         *train_set,
@@ -193,7 +186,12 @@ def train(cfg: DictConfig, out_dir: Path) -> dict:
         limit_batches=cfg.trainer.limit_train_batches,
         **common,
     )
-    test_loader = data.DeviceLoader(*test_set, cfg.trainer.eval_batch_size, **common)
+    test_loader = data.DeviceLoader(
+        *test_set,
+        cfg.trainer.eval_batch_size,
+        limit_batches=cfg.trainer.limit_test_batches,
+        **common,
+    )
 
     # ---- model, optimizer, schedule
     model = build_model(cfg, spec, size, device)

@@ -66,6 +66,7 @@ def test_default_output_layout_and_sweep(tmp_path, data_root):
         ("dataset.batch_size=0", "dataset.batch_size=0 is not allowed: use an integer >= 1"),
         ("trainer.device=cuda:7", "trainer.device=cuda:7"),
         ("dataset=mnist", "MNIST (train split) not found"),
+        ("model=alexnet dataset.resize=32", "AlexNet takes images of at least 67x67"),
     ],
 )
 def test_bad_input_gives_one_clear_message(tmp_path, data_root, override, words):
@@ -130,3 +131,43 @@ def test_real_mnist_mlp_one_epoch(tmp_path):
     assert proc.returncode == 0, proc.stderr
     results = json.loads((run_dir / "results.json").read_text())
     assert results["test_acc"] > 0.9  # an MLP reaches about 0.95 on MNIST in one epoch
+
+
+def test_summary_prints_the_layers_without_reading_data(tmp_path):
+    proc = cnnbench(
+        "model=alexnet", "dataset=fashion_mnist", f"dataset.root={tmp_path / 'none'}",
+        cwd=tmp_path, module="cnnbench.summary",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "AlexNet for Fashion-MNIST: input 1x224x224" in proc.stdout
+    assert "parameters            46,764,746" in proc.stdout
+    assert list(tmp_path.iterdir()) == []  # no outputs/, no data, no cache
+    proc = cnnbench("model=alexnet", "dataset.resize=8", cwd=tmp_path, module="cnnbench.summary")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "dataset.resize=224" in proc.stderr
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "fashion-mnist").is_dir(), reason="needs ../shared/data")
+def test_every_model_trains_from_the_command_line_on_real_data(tmp_path):
+    """One sweep over the whole zoo: two training steps and two test batches each."""
+    from tests.test_models import MODELS
+
+    proc = cnnbench(
+        "-m",
+        f"model={','.join(MODELS)}",
+        "dataset=fashion_mnist",
+        f"dataset.root={SHARED_DATA}",
+        f"dataset.cache_dir={tmp_path / 'cache'}",
+        "dataset.batch_size=8",
+        "trainer.epochs=1",
+        "trainer.limit_train_batches=2",
+        "trainer.limit_test_batches=2",
+        "trainer.eval_batch_size=8",
+        "trainer.device=cpu",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    results = [json.loads(p.read_text()) for p in (tmp_path / "sweep").glob("*/results.json")]
+    assert len(results) == len(MODELS)
+    assert all(r["status"] == "ok" and r["steps"] == 2 for r in results), results

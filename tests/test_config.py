@@ -6,7 +6,15 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from cnnbench.config import CONFIG_DIR, RULES, ConfigError, flatten, resolve_device, validate
+from cnnbench.config import (
+    CONFIG_DIR,
+    RULES,
+    ConfigError,
+    flatten,
+    image_size,
+    resolve_device,
+    validate,
+)
 from cnnbench.train import blame, run_length_args
 
 GROUPS = {
@@ -112,6 +120,9 @@ def test_struct_mode_refuses_unknown_keys(make_cfg):
         ("trainer.epochs=true", "trainer.epochs"),
         ("trainer.label_smoothing=1", "trainer.label_smoothing"),
         ("trainer.limit_train_batches=0", "trainer.limit_train_batches"),
+        ("trainer.limit_test_batches=0", "trainer.limit_test_batches"),
+        ("model.min_size=0", "model.min_size"),
+        ("model.input_size=-1", "model.input_size"),
     ],
 )
 def test_bad_values_are_named_with_a_fix(make_cfg, override, key):
@@ -168,3 +179,67 @@ def test_devices():
 
 def test_config_dir_is_the_repository_conf_in_a_source_tree():
     assert Path(__file__).resolve().parents[1] / "conf" == CONFIG_DIR
+
+
+@pytest.mark.parametrize(
+    "overrides,size",
+    [
+        (["model=lenet"], 28),
+        (["model=lenet", "dataset=cifar10"], 32),
+        (["model=alexnet"], 224),
+        (["model=alexnet", "dataset.resize=96"], 96),
+        (["model=resnet", "model.input_size=96"], 96),
+    ],
+)
+def test_image_size_is_resize_then_the_models_then_the_datasets(make_cfg, overrides, size):
+    assert image_size(make_cfg(*overrides)) == size
+
+
+@pytest.mark.parametrize(
+    "overrides,words",
+    [
+        (
+            ["model=alexnet", "dataset.resize=32"],
+            ["AlexNet takes images of at least 67x67, but dataset.resize=32", "dataset.resize=224"],
+        ),
+        (
+            ["model=densenet", "model.input_size=null"],
+            ["DenseNet takes images of at least 29x29", "Fashion-MNIST images are 28x28",
+             "dataset.resize=29"],
+        ),
+        (["model=nin", "model.input_size=40"], ["but model.input_size=40", "dataset.resize=67"]),
+    ],
+)  # fmt: skip
+def test_too_small_inputs_are_refused_with_the_size_that_works(make_cfg, overrides, words):
+    with pytest.raises(ConfigError) as err:
+        validate(make_cfg(*overrides))
+    for w in words:
+        assert w in str(err.value)
+
+
+def test_a_model_config_must_declare_its_input_sizes(make_cfg):
+    with pytest.raises(ConfigError, match=r"every conf/model/.*declares"):
+        validate(make_cfg("~model.min_size"))
+
+
+EXPERIMENTS = sorted(
+    p.relative_to(CONFIG_DIR / "experiment").with_suffix("").as_posix()
+    for p in (CONFIG_DIR / "experiment").rglob("*.yaml")
+)
+
+
+def test_the_textbook_recipes_are_there():
+    assert {"tutorial/lenet5_mnist", "course/simple_cnn", "fashion/lenet", "fashion/resnet"} <= set(
+        EXPERIMENTS
+    )
+    assert sum(e.startswith("d2l/") for e in EXPERIMENTS) >= 8
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_every_experiment_composes_validates_and_cites_its_source(make_cfg, name):
+    cfg = make_cfg(f"experiment={name}")
+    validate(cfg)
+    text = (CONFIG_DIR / "experiment" / f"{name}.yaml").read_text()
+    assert text.startswith("# @package _global_\n")
+    assert f"# Run with: python -m cnnbench experiment={name}\n" in text
+    assert re.search(r"Reported: [\d.]+%|No accuracy reported|report no accuracy", text)

@@ -1,33 +1,203 @@
+"""Every network in conf/model/: it trains, has the textbook's size and shapes, and takes
+exactly the inputs its YAML says it takes."""
+
 import pytest
 import torch
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+from torch import nn
 
-from cnnbench.config import CONFIG_DIR
+from cnnbench import data
+from cnnbench.config import CONFIG_DIR, image_size
+from cnnbench.summary import summarize
+from cnnbench.train import build_model
 
 MODELS = sorted(p.stem for p in (CONFIG_DIR / "model").glob("*.yaml"))
+CPU = torch.device("cpu")
 
 
-def build(name: str, channels: int, classes: int = 10) -> torch.nn.Module:
-    cfg = OmegaConf.load(CONFIG_DIR / "model" / f"{name}.yaml")
-    return instantiate(cfg, in_channels=channels, num_classes=classes)
+def config(*overrides: str) -> DictConfig:
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
+        return compose("config", overrides=list(overrides))
 
 
-@pytest.mark.parametrize("channels,size", [(1, 28), (3, 32)])
+def build(name: str, *overrides: str, dataset: str = "mnist", size: int | None = None):
+    cfg = config(f"model={name}", f"dataset={dataset}", *overrides)
+    size = size or image_size(cfg)
+    return build_model(cfg, data.SPECS[dataset], size, CPU), size
+
+
+@pytest.mark.parametrize("dataset", ["mnist", "cifar10"])
 @pytest.mark.parametrize("name", MODELS)
-def test_forward_backward(name, channels, size):
+def test_forward_backward_at_the_default_size(name, dataset):
     torch.manual_seed(0)
-    model = build(name, channels)
-    x = torch.randn(4, channels, size, size)
-    logits = model(x)
-    assert logits.shape == (4, 10)
+    model, size = build(name, dataset=dataset)
+    channels = data.SPECS[dataset].channels
+    model.train()
+    logits = model(torch.randn(2, channels, size, size))
+    assert logits.shape == (2, 10)
     logits.logsumexp(1).mean().backward()
-    grads = [p.grad for p in model.parameters()]
-    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
 
 
-@pytest.mark.parametrize("name,params", [("softmax", 7_850), ("mlp", 203_530), ("lenet", 44_426)])
-def test_parameter_counts_at_28x28(name, params):
-    model = build(name, 1)
-    model(torch.zeros(1, 1, 28, 28))  # sizes the lazy layers
+# 1 channel, 10 classes, at the model's default size (28x28 unless its YAML says otherwise)
+PARAMS = [
+    ("softmax", [], 7_850),
+    ("mlp", [], 203_530),
+    ("lenet", [], 44_426),
+    ("lenet_bn", [], 44_878),
+    ("lenet5", [], 61_706),
+    ("simple_cnn", [], 8_490),
+    ("alexnet", [], 46_764_746),
+    ("alexnet_bn", [], 46_774_410),
+    ("vgg11", ["model.width_divisor=1"], 128_806_154),
+    ("vgg11", ["model.width_divisor=8"], 2_018_346),
+    ("nin", [], 1_992_166),
+    ("googlenet", [], 5_977_530),
+    ("googlenet_mini", [], 97_298),
+    ("resnet", [], 11_178_378),
+    ("resnet18", [], 11_178_378),
+    ("resnet_mini", [], 41_514),
+    ("densenet", [], 758_226),
+]
+
+
+@pytest.mark.parametrize("name,overrides,params", PARAMS)
+def test_parameter_counts(name, overrides, params):
+    model, _ = build(name, *overrides)
     assert sum(p.numel() for p in model.parameters()) == params
+
+
+def test_resnet34_has_3_4_6_3_blocks():
+    model, _ = build("resnet34")
+    assert [len(getattr(model, f"stage{i}")) for i in range(1, 5)] == [3, 4, 6, 3]
+
+
+def _takes(name: str, size: int) -> bool:
+    try:
+        build(name, size=size)
+    except RuntimeError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_min_size_is_the_smallest_size_that_works(name):
+    min_size = config(f"model={name}").model.min_size
+    assert _takes(name, min_size)
+    assert min_size == 1 or not _takes(name, min_size - 1)
+
+
+# the shapes seed 000 prints for one 1x28x28 (AlexNet: 1x224x224) image, layer by layer
+SEED_000 = {
+    "lenet5": [
+        ("Conv2d", (6, 28, 28)),
+        ("Tanh", (6, 28, 28)),
+        ("AvgPool2d", (6, 14, 14)),
+        ("Conv2d", (16, 10, 10)),
+        ("Tanh", (16, 10, 10)),
+        ("AvgPool2d", (16, 5, 5)),
+        ("Conv2d", (120, 1, 1)),
+        ("Tanh", (120, 1, 1)),
+        ("Flatten", (120,)),
+        ("Linear", (84,)),
+        ("Tanh", (84,)),
+        ("Linear", (10,)),
+    ],
+    "alexnet": [
+        ("Conv2d", (96, 54, 54)),
+        ("ReLU", (96, 54, 54)),
+        ("MaxPool2d", (96, 26, 26)),
+        ("Conv2d", (256, 26, 26)),
+        ("ReLU", (256, 26, 26)),
+        ("MaxPool2d", (256, 12, 12)),
+        ("Conv2d", (384, 12, 12)),
+        ("ReLU", (384, 12, 12)),
+        ("Conv2d", (384, 12, 12)),
+        ("ReLU", (384, 12, 12)),
+        ("Conv2d", (256, 12, 12)),
+        ("ReLU", (256, 12, 12)),
+        ("MaxPool2d", (256, 5, 5)),
+        ("Flatten", (6400,)),
+        ("Linear", (4096,)),
+        ("ReLU", (4096,)),
+        ("Dropout", (4096,)),
+        ("Linear", (4096,)),
+        ("ReLU", (4096,)),
+        ("Dropout", (4096,)),
+        ("Linear", (10,)),
+    ],
+    "googlenet_mini": [
+        ("Conv2d", (10, 24, 24)),
+        ("ReLU", (10, 24, 24)),
+        ("MaxPool2d", (10, 12, 12)),
+        ("Inception", (88, 12, 12)),
+        ("Conv2d", (20, 8, 8)),
+        ("ReLU", (20, 8, 8)),
+        ("MaxPool2d", (20, 4, 4)),
+        ("Inception", (88, 4, 4)),
+        ("Flatten", (1408,)),
+        ("Linear", (10,)),
+    ],
+    "resnet_mini": [
+        ("Conv2d", (16, 24, 24)),
+        ("ReLU", (16, 24, 24)),
+        ("MaxPool2d", (16, 12, 12)),
+        ("ResidualBlock", (16, 12, 12)),
+        ("Conv2d", (32, 8, 8)),
+        ("ReLU", (32, 8, 8)),
+        ("MaxPool2d", (32, 4, 4)),
+        ("ResidualBlock", (32, 4, 4)),
+        ("Flatten", (512,)),
+        ("Linear", (10,)),
+    ],
+}
+SEED_000_SETTINGS = {
+    "alexnet": ["model.first_padding=1"],
+    "googlenet_mini": ["model.pool_branch=false"],
+}
+SAME_BLOCK = {"InceptionA": "Inception"}  # seed 000 calls its small Inception block Inception
+
+
+@pytest.mark.parametrize("name", sorted(SEED_000))
+def test_layer_shapes_are_the_ones_seed_000_prints(name):
+    model, size = build(name, *SEED_000_SETTINGS.get(name, []))
+    layers = summarize(model, (1, size, size)).layers
+    assert [(SAME_BLOCK.get(r.type, r.type), r.shape) for r in layers] == SEED_000[name]
+
+
+def _count_flops_by_hand(model: nn.Module, size: int) -> int:
+    """2 x multiply-adds of every conv and linear layer, from the shapes they produce."""
+    total = 0
+
+    def hook(module, inputs, output):
+        nonlocal total
+        if isinstance(module, nn.Conv2d):
+            kh, kw = module.kernel_size
+            total += 2 * output.numel() * module.in_channels // module.groups * kh * kw
+        else:
+            total += 2 * output.numel() * module.in_features
+
+    handles = [
+        m.register_forward_hook(hook)
+        for m in model.modules()
+        if isinstance(m, nn.Conv2d | nn.Linear)
+    ]
+    with torch.no_grad():
+        model(torch.zeros(1, 1, size, size))
+    for h in handles:
+        h.remove()
+    return total
+
+
+@pytest.mark.parametrize("name", ["lenet", "alexnet", "googlenet_mini", "resnet", "densenet"])
+def test_flops_agree_with_a_count_by_hand(name):
+    model, size = build(name)
+    assert summarize(model, (1, size, size)).flops == _count_flops_by_hand(model, size)
+
+
+def test_lenet_flops_by_the_textbook_formula():
+    model, _ = build("lenet")
+    convs = 2 * (6 * 24 * 24 * 1 * 25) + 2 * (16 * 8 * 8 * 6 * 25)
+    fcs = 2 * (256 * 120 + 120 * 84 + 84 * 10)
+    assert summarize(model, (1, 28, 28)).flops == convs + fcs == 563_280

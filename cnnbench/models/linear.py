@@ -1,4 +1,4 @@
-"""Softmax regression and the multilayer perceptron (d2l chapters 3 and 4)."""
+"""Softmax regression and the multilayer perceptron (d2l)."""
 
 from collections.abc import Sequence
 
