@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from cnnbench import data
 
@@ -23,6 +26,81 @@ CONFIG_DIR = next(
 # path component, short enough for any file system
 OmegaConf.register_new_resolver(
     "cnnbench.dirname", lambda name: name.replace("/", "_")[:150], replace=True
+)
+
+# settings that do not change what a run computes: trainer.resume=auto ignores them when it
+# looks for an earlier run with the same config
+NOT_IDENTITY = (
+    "trainer.resume",
+    "trainer.device",
+    "trainer.log_every_n_steps",
+    "dataset.root",
+    "dataset.cache_dir",
+    "dataset.download",
+)
+
+
+def run_identity(cfg: dict) -> dict:
+    flat = flatten({k: v for k, v in cfg.items() if k != "hydra"})
+    return {k: v for k, v in flat.items() if k not in NOT_IDENTITY}
+
+
+def newest_matching_run(cfg: dict, base: Path = Path("outputs")) -> Path | None:
+    """The run directory under `base` with the newest last.pt whose saved config
+    (.hydra/config.yaml) equals `cfg`, apart from NOT_IDENTITY."""
+    mine = run_identity(cfg)
+    for last in sorted(base.glob("**/last.pt"), key=lambda p: p.stat().st_mtime, reverse=True):
+        try:
+            theirs = OmegaConf.to_container(OmegaConf.load(last.parent / ".hydra" / "config.yaml"))
+        except (OSError, ValueError, OmegaConfBaseException):
+            continue
+        if run_identity(theirs) == mine:
+            return last.parent
+    return None
+
+
+def _resumed_dir(resume: str | None, root: DictConfig) -> str | None:
+    if resume is None:
+        return None
+    if resume == "auto":
+        found = newest_matching_run(OmegaConf.to_container(root, resolve=False))
+        return str(found) if found else None
+    path = Path(str(resume)).expanduser()
+    if path.is_file():
+        return str(path.parent)
+    return str(path) if path.is_dir() else None  # no such path: train() names the problem
+
+
+def check_writable(folder: str) -> None:
+    """Hydra creates the run directory before any cnnbench code runs, so an unusable one is
+    reported before Hydra starts: one message and exit code 2."""
+    path = Path(folder).expanduser()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise PermissionError("permission denied")
+    except OSError as err:
+        print(
+            f"cnnbench: error: cannot write the run directory {folder} "
+            f"({err.strerror or err}). Choose another, e.g. hydra.run.dir=outputs/my-run "
+            "(hydra.sweep.dir for -m)",
+            file=sys.stderr,
+        )
+        sys.exit(2)
+
+
+def _writable_run_dir(resume: str | None, default: str, _root_: DictConfig) -> str:
+    """hydra.run.dir and hydra.sweep.dir: the resumed run's directory, else `default`."""
+    chosen = _resumed_dir(resume, _root_) or default
+    check_writable(chosen)
+    return chosen
+
+
+OmegaConf.register_new_resolver("cnnbench.run_dir", _writable_run_dir, replace=True)
+OmegaConf.register_new_resolver(
+    "cnnbench.job_dir",
+    lambda resume, default, _root_: _resumed_dir(resume, _root_) or default,
+    replace=True,
 )
 
 
@@ -78,6 +156,11 @@ RULES: dict[str, tuple[Callable[[object], bool], str, str]] = {
     "dataset.root": (_text, "a folder", "dataset.root=data"),
     "dataset.cache_dir": (_text, "a folder", "dataset.cache_dir=~/.cache/cnnbench"),
     "trainer.device": (_text, "auto, cpu, cuda, cuda:N or mps", "trainer.device=cpu"),
+    "trainer.resume": (
+        _or_none(_text),
+        "null, auto, a run directory or a checkpoint file",
+        "trainer.resume=outputs/2026-01-01/12-00-00",
+    ),
     "dataset.name": (lambda v: v in data.SPECS, f"one of {', '.join(data.SPECS)}", "dataset=mnist"),
     "dataset.download": (_bool, "true or false", "dataset.download=false"),
     "dataset.normalize": (_bool, "true or false", "dataset.normalize=false"),
@@ -178,10 +261,10 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cpu")
     try:
         device = torch.device(name)
-    except (RuntimeError, TypeError) as err:
+    except (RuntimeError, TypeError):
         raise ConfigError(
-            f"trainer.device={name}: not a device name ({err}). "
-            "Allowed: auto, cpu, cuda, cuda:N, mps. Example: trainer.device=cpu"
+            f"trainer.device={name}: not a device name. Allowed: auto, cpu, cuda, cuda:N, mps. "
+            "Example: trainer.device=cpu"
         ) from None
     available = {
         "cpu": True,
@@ -217,6 +300,12 @@ def validate(cfg: DictConfig) -> None:
             good = False
         if not good:
             problems.append(f"{key}={value!r} is not allowed: use {allowed}, e.g. {example}")
+    root = Path(str(cfg.dataset.root)).expanduser()
+    if root.exists() and not (root.is_dir() and os.access(root, os.R_OK | os.X_OK)):
+        problems.append(
+            f"dataset.root={cfg.dataset.root!r} is not a readable folder: point it at the "
+            "folder that holds the dataset, e.g. dataset.root=data"
+        )
     missing = [k for k in MODEL_INPUT_KEYS if k not in cfg.model]
     if missing:
         problems.append(

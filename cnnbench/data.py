@@ -11,9 +11,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import logging
-import os
 import pickle
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +20,8 @@ from typing import ClassVar
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from cnnbench.checkpoint import atomic_save
 
 log = logging.getLogger(__name__)
 
@@ -271,22 +271,6 @@ def _fingerprint(files: list[Path]) -> str:
     return h.hexdigest()
 
 
-def _atomic_save(obj: object, path: Path) -> None:
-    """A kill at any moment leaves either no file or a whole one, never a partial one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a cache is as readable as its data
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def load(
     name: str, split: str, root: str | Path, download: bool, cache_dir: str | Path
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -305,7 +289,7 @@ def load(
             pass  # a broken or foreign cache file is rebuilt, never trusted
     images, labels = decode(name, files)
     try:
-        _atomic_save({"source": key, "images": images, "labels": labels}, cache)
+        atomic_save({"source": key, "images": images, "labels": labels}, cache)
     except OSError as err:  # costs a decode next time, nothing more
         log.warning(
             "cannot cache %s in %s (%s); set dataset.cache_dir to a writable folder",
@@ -363,9 +347,11 @@ class DeviceLoader:
         self.limit_batches = limit_batches
         self.rank, self.world_size = rank, world_size
         self.epoch = 0
+        self.start = 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Draw epoch `epoch`'s order; begin at batch `start` (a run resumed mid-epoch)."""
+        self.epoch, self.start = epoch, start
 
     def _indices(self) -> torch.Tensor:
         n = len(self.labels)
@@ -387,7 +373,7 @@ class DeviceLoader:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order = self._indices()
-        for i in range(len(self)):
+        for i in range(self.start, len(self)):
             idx = order[i * self.batch_size : (i + 1) * self.batch_size]
             yield self.transform(self.images[idx]), self.labels[idx]
 

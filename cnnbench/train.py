@@ -16,7 +16,10 @@ import math
 import os
 import platform
 import random
+import shlex
+import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,8 +28,8 @@ from pathlib import Path
 import hydra
 import numpy as np
 import torch
-import torch.nn.functional as F
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
@@ -36,16 +39,18 @@ from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 from tqdm import tqdm
 
-from cnnbench import __version__, data
+from cnnbench import __version__, checkpoint, data
 from cnnbench.config import (
     CONFIG_DIR,
     MODEL_INPUT_KEYS,
     ConfigError,
+    check_writable,
     flatten,
     image_size,
     resolve_device,
     validate,
 )
+from cnnbench.eval import evaluate
 
 log = logging.getLogger(__name__)
 
@@ -59,21 +64,7 @@ EPOCH_SCALARS = {
     "epoch_s": "perf/epoch_s",
     "images_per_s": "perf/images_per_s",
 }
-
-
-@torch.inference_mode()
-def evaluate(model: nn.Module, loader: data.DeviceLoader) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy over every sample the loader yields."""
-    model.eval()
-    loss_sum = torch.zeros((), device=loader.device)
-    correct = torch.zeros((), device=loader.device, dtype=torch.long)
-    n = 0
-    for x, y in loader:
-        logits = model(x)
-        loss_sum += F.cross_entropy(logits, y, reduction="sum")
-        correct += (logits.argmax(1) == y).sum()
-        n += len(y)
-    return loss_sum.item() / n, correct.item() / n
+CSV_FIELDS = ["epoch", "step", "lr", *EPOCH_SCALARS]
 
 
 def seed_everything(seed: int) -> None:
@@ -152,23 +143,88 @@ def write_json(path: Path, obj: dict) -> None:
     os.replace(tmp, path)
 
 
-def train(cfg: DictConfig, out_dir: Path) -> dict:
-    """Train and evaluate the configured model; write logs into `out_dir`; return the results."""
-    start = time.perf_counter()
-    validate(cfg)
-    device = resolve_device(cfg.trainer.device)
+class Interrupted(Exception):
+    """A SIGINT or SIGTERM stopped the run after a step; a checkpoint holds its state."""
+
+    def __init__(self, signum: int, checkpoint: Path) -> None:
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+        self.signum, self.checkpoint = signum, checkpoint
+
+
+class StopSignals:
+    """The first SIGINT or SIGTERM asks the loop to stop after its current step (it then
+    saves a checkpoint); a second one stops at once."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict = {}
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.received is not None:
+            raise KeyboardInterrupt
+        self.received = signum
+        log.warning(
+            f"{signal.Signals(signum).name}: stopping after this step and saving a checkpoint "
+            "(press Ctrl-C again to stop at once)"
+        )
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def claim(out_dir: Path) -> None:
+    """Creating metrics.csv claims the directory, so two runs never share one."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    try:  # creating metrics.csv claims the directory, so two runs never share one
+    try:
         (out_dir / "metrics.csv").open("x").close()
     except FileExistsError:  # e.g. two runs started within the same second
         raise ConfigError(
             f"{out_dir} already holds a run; its metrics, events and results are left as they "
-            "are. Give this run its own directory, e.g. hydra.run.dir=outputs/my-run"
+            "are. Give this run its own directory, e.g. hydra.run.dir=outputs/my-run, or "
+            f"continue it with trainer.resume={out_dir}"
         ) from None
+
+
+def keep_rows_up_to(path: Path, epochs_done: int) -> None:
+    """metrics.csv of a resumed run: drop the rows of epochs after its checkpoint (a run
+    killed between writing a row and its checkpoint)."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    with open(path, "w", newline="") as f:
+        out = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+        out.writeheader()
+        out.writerows(r for r in rows if int(r["epoch"]) <= epochs_done)
+
+
+def train(cfg: DictConfig, out_dir: Path, resume: Path | None = None) -> dict:
+    """Train and evaluate the configured model; write logs and checkpoints into `out_dir`;
+    return the results. With `resume`, continue the run that checkpoint stopped."""
+    start = time.perf_counter()
+    validate(cfg)
+    device = resolve_device(cfg.trainer.device)
+    spec = data.SPECS[cfg.dataset.name]
+    ckpt = None
+    if resume is not None:
+        ckpt = checkpoint.load(resume, map_location=device)
+        checkpoint.check_compatible(
+            ckpt,
+            resume,
+            OmegaConf.to_container(cfg.model, resolve=True),
+            spec.channels,
+            len(spec.classes),
+        )
+    if ckpt is None:
+        claim(out_dir)
     seed_everything(cfg.trainer.seed)
 
     # ---- data: decoded once (cached on disk), moved to the device once
-    spec = data.SPECS[cfg.dataset.name]
     ds = cfg.dataset
     train_set, test_set = (
         data.load(ds.name, split, ds.root, ds.download, ds.cache_dir) for split in ("train", "test")
@@ -211,103 +267,184 @@ def train(cfg: DictConfig, out_dir: Path) -> dict:
         f"device {device}"
     )
 
-    # ---- logging
-    writer = SummaryWriter(log_dir=str(out_dir))
-    writer.add_text("config", "    " + OmegaConf.to_yaml(cfg).replace("\n", "\n    "))
+    # ---- where the run stands: fresh, or as its checkpoint left it
+    # the sums of the epoch in progress stay on the device: reading one forces a host sync,
+    # so that happens only at the log cadence and at the end of an epoch
+    zeros = dict(
+        loss=torch.zeros((), device=device),
+        correct=torch.zeros((), device=device, dtype=torch.long),
+        window=torch.zeros((), device=device),
+    )
+    state = dict(
+        epochs_done=0, batches_done=0, step=0, best_acc=0.0, best_epoch=0, history=[],
+        seen=0, window_steps=0, elapsed_s=0.0, wall_s=0.0, sums=zeros,
+    )  # fmt: skip
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        checkpoint.set_rng_states(ckpt["rng"])
+        state.update({k: ckpt[k] for k in state})
+        keep_rows_up_to(out_dir / "metrics.csv", state["epochs_done"])
+        log.info(
+            f"resuming {resume} at step {state['step']} (epoch {state['epochs_done'] + 1}, "
+            f"batch {state['batches_done']})"
+        )
+    step, best_acc, best_epoch, history = (
+        state["step"], state["best_acc"], state["best_epoch"], state["history"]
+    )  # fmt: skip
+
+    def save(path: Path, epochs_done: int, batches_done: int, **progress) -> None:
+        checkpoint.atomic_save(
+            {
+                "format": checkpoint.FORMAT,
+                "cnnbench_version": __version__,
+                "config": OmegaConf.to_container(cfg, resolve=True),
+                "in_channels": spec.channels,
+                "num_classes": len(spec.classes),
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "rng": checkpoint.rng_states(),
+                "epochs_done": epochs_done,
+                "batches_done": batches_done,
+                "step": step,
+                "best_acc": best_acc,
+                "best_epoch": best_epoch,
+                "history": history,
+                "wall_s": state["wall_s"] + time.perf_counter() - start,
+                **{"seen": 0, "window_steps": 0, "elapsed_s": 0.0, "sums": zeros, **progress},
+            },
+            path,
+        )
+
+    # ---- logging; a resumed run first drops the points logged after its checkpoint
+    writer = SummaryWriter(log_dir=str(out_dir), purge_step=step + 1 if ckpt else None)
     session_start, session_end = hparams_summaries(cfg)
-    writer.file_writer.add_summary(session_start)
-    csv_file = open(out_dir / "metrics.csv", "w", newline="")  # noqa: SIM115 (closed below)
-    metrics_csv = csv.DictWriter(csv_file, fieldnames=["epoch", "step", "lr", *EPOCH_SCALARS])
-    metrics_csv.writeheader()
+    if ckpt is None:
+        writer.add_text("config", "    " + OmegaConf.to_yaml(cfg).replace("\n", "\n    "))
+        writer.file_writer.add_summary(session_start)
+    csv_file = open(out_dir / "metrics.csv", "a", newline="")  # noqa: SIM115 (closed below)
+    metrics_csv = csv.DictWriter(csv_file, fieldnames=CSV_FIELDS)
+    if ckpt is None:
+        metrics_csv.writeheader()
 
     # ---- the loop
-    step, best_acc, best_epoch, history = 0, 0.0, 0, []
-    test_loss, test_acc = float("nan"), float("nan")
+    test_loss = history[-1]["test_loss"] if history else float("nan")
+    test_acc = history[-1]["test_acc"] if history else float("nan")
     status, diverged_at = "ok", None
     lr = optimizer.param_groups[0]["lr"]
-    # sums stay on the device: reading one forces a host sync, so that happens only at the
-    # log cadence and at the end of an epoch
-    window_loss, window_steps = torch.zeros((), device=device), 0
+    sums = state["sums"]
+    window_loss, window_steps = sums["window"], state["window_steps"]
+    first_epoch = state["epochs_done"] + 1
     try:
-        if cfg.trainer.epochs == 0:  # nothing to train: report what the untrained model does
-            test_loss, test_acc = evaluate(model, test_loader)
-            best_acc = test_acc
-            for tag, value in [("test/acc", test_acc), ("test/loss", test_loss)]:
-                writer.add_scalar(tag, value, 0)
-        for epoch in range(1, cfg.trainer.epochs + 1):
-            model.train()
-            train_loader.set_epoch(epoch)
-            epoch_loss = torch.zeros((), device=device)
-            epoch_correct = torch.zeros((), device=device, dtype=torch.long)
-            seen = 0
-            tic = time.perf_counter()
-            bar = tqdm(
-                train_loader,
-                desc=f"epoch {epoch}/{cfg.trainer.epochs}",
-                unit="batch",
-                leave=False,
-                disable=None,
-                dynamic_ncols=True,
-            )
-            for x, y in bar:
-                logits = model(x)
-                loss = loss_fn(logits, y)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                lr = optimizer.param_groups[0]["lr"]
-                optimizer.step()
-                scheduler.step()
-
-                step += 1
-                seen += len(y)
-                epoch_loss += loss.detach() * len(y)
-                epoch_correct += (logits.detach().argmax(1) == y).sum()
-                window_loss += loss.detach()
-                window_steps += 1
-                if step % cfg.trainer.log_every_n_steps == 0:
-                    mean_loss = window_loss.item() / window_steps
-                    if not math.isfinite(mean_loss):
-                        diverged_at = step
-                        break
-                    writer.add_scalar("train/loss", mean_loss, step)
-                    writer.add_scalar("lr", lr, step)
-                    bar.set_postfix(
-                        loss=f"{mean_loss:.4f}", img_s=f"{seen / (time.perf_counter() - tic):,.0f}"
-                    )
-                    window_loss.zero_()
-                    window_steps = 0
-            bar.close()
-            train_loss = epoch_loss.item() / max(seen, 1)
-            train_acc = epoch_correct.item() / max(seen, 1)
-            epoch_s = time.perf_counter() - tic  # after .item(): the device has finished
-            if diverged_at is None and not math.isfinite(train_loss):
-                diverged_at = step
-            if diverged_at is not None:
-                status = "diverged"
-                log.error(
-                    f"the training loss became {train_loss} by step {diverged_at} (epoch "
-                    f"{epoch}); the run stops. A smaller learning rate usually helps, e.g. "
-                    f"optimizer.lr={cfg.optimizer.lr / 10:g}"
+        with StopSignals() as stop:
+            if cfg.trainer.epochs == 0:  # nothing to train: report what the untrained model does
+                result = evaluate(model, test_loader, len(spec.classes))
+                test_loss, test_acc = result.loss, result.acc
+                best_acc = test_acc
+                for tag, value in [("test/acc", test_acc), ("test/loss", test_loss)]:
+                    writer.add_scalar(tag, value, 0)
+            for epoch in range(first_epoch, cfg.trainer.epochs + 1):
+                model.train()
+                resumed = epoch == first_epoch
+                train_loader.set_epoch(epoch, start=state["batches_done"] if resumed else 0)
+                batch = train_loader.start
+                epoch_loss, epoch_correct = sums["loss"], sums["correct"]
+                seen = state["seen"] if resumed else 0
+                elapsed = state["elapsed_s"] if resumed else 0.0
+                tic = time.perf_counter()
+                bar = tqdm(
+                    train_loader,
+                    desc=f"epoch {epoch}/{cfg.trainer.epochs}",
+                    unit="batch",
+                    initial=batch,
+                    total=len(train_loader),
+                    leave=False,
+                    disable=None,
+                    dynamic_ncols=True,
                 )
-                break
+                for x, y in bar:
+                    logits = model(x)
+                    loss = loss_fn(logits, y)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    lr = optimizer.param_groups[0]["lr"]
+                    optimizer.step()
+                    scheduler.step()
 
-            test_loss, test_acc = evaluate(model, test_loader)
-            if test_acc > best_acc:
-                best_acc, best_epoch = test_acc, epoch
-            row = dict(epoch=epoch, step=step, lr=lr, train_loss=train_loss, train_acc=train_acc)
-            row.update(test_loss=test_loss, test_acc=test_acc, best_test_acc=best_acc)
-            row.update(epoch_s=epoch_s, images_per_s=seen / epoch_s)
-            history.append(row)
-            metrics_csv.writerow(row)
-            csv_file.flush()
-            for key, tag in EPOCH_SCALARS.items():
-                writer.add_scalar(tag, row[key], step)
-            writer.flush()
-            log.info(
-                f"epoch {epoch}/{cfg.trainer.epochs}  train loss {train_loss:.4f} acc "
-                f"{train_acc:.4f} | test loss {test_loss:.4f} acc {test_acc:.4f} | lr {lr:.3g} "
-                f"| {epoch_s:.1f} s, {seen / epoch_s:,.0f} img/s"
-            )
+                    step += 1
+                    batch += 1
+                    seen += len(y)
+                    epoch_loss += loss.detach() * len(y)
+                    epoch_correct += (logits.detach().argmax(1) == y).sum()
+                    window_loss += loss.detach()
+                    window_steps += 1
+                    if step % cfg.trainer.log_every_n_steps == 0:
+                        mean_loss = window_loss.item() / window_steps
+                        if not math.isfinite(mean_loss):
+                            diverged_at = step
+                            break
+                        writer.add_scalar("train/loss", mean_loss, step)
+                        writer.add_scalar("lr", lr, step)
+                        rate = seen / (elapsed + time.perf_counter() - tic)
+                        bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{rate:,.0f}")
+                        window_loss.zero_()
+                        window_steps = 0
+                    if stop.received is not None and batch < len(train_loader):
+                        # mid-epoch: the checkpoint also holds the epoch's sums so far
+                        save(
+                            out_dir / "last.pt",
+                            epoch - 1,
+                            batch,
+                            seen=seen,
+                            window_steps=window_steps,
+                            elapsed_s=elapsed + time.perf_counter() - tic,
+                            sums=dict(loss=epoch_loss, correct=epoch_correct, window=window_loss),
+                        )
+                        raise Interrupted(stop.received, out_dir / "last.pt")
+                bar.close()
+                train_loss = epoch_loss.item() / max(seen, 1)
+                train_acc = epoch_correct.item() / max(seen, 1)
+                epoch_s = elapsed + time.perf_counter() - tic  # after .item(): the device is done
+                if diverged_at is None and not math.isfinite(train_loss):
+                    diverged_at = step
+                if diverged_at is not None:
+                    status = "diverged"
+                    log.error(
+                        f"the training loss became {train_loss} by step {diverged_at} (epoch "
+                        f"{epoch}); the run stops and its last checkpoint is kept. A smaller "
+                        f"learning rate usually helps, e.g. optimizer.lr={cfg.optimizer.lr / 10:g}"
+                    )
+                    break
+
+                result = evaluate(model, test_loader, len(spec.classes))
+                test_loss, test_acc = result.loss, result.acc
+                improved = test_acc > best_acc
+                if improved:
+                    best_acc, best_epoch = test_acc, epoch
+                row = dict(epoch=epoch, step=step, lr=lr, train_loss=train_loss)
+                row.update(train_acc=train_acc, test_loss=test_loss, test_acc=test_acc)
+                row.update(best_test_acc=best_acc, epoch_s=epoch_s, images_per_s=seen / epoch_s)
+                history.append(row)
+                metrics_csv.writerow(row)
+                csv_file.flush()
+                for key, tag in EPOCH_SCALARS.items():
+                    writer.add_scalar(tag, row[key], step)
+                writer.flush()
+                epoch_loss.zero_()
+                epoch_correct.zero_()
+                sums = dict(loss=epoch_loss, correct=epoch_correct, window=window_loss)
+                save(out_dir / "last.pt", epoch, 0, window_steps=window_steps, sums=sums)
+                if improved:
+                    save(out_dir / "best.pt", epoch, 0)
+                log.info(
+                    f"epoch {epoch}/{cfg.trainer.epochs}  train loss {train_loss:.4f} acc "
+                    f"{train_acc:.4f} | test loss {test_loss:.4f} acc {test_acc:.4f} | lr "
+                    f"{lr:.3g} | {epoch_s:.1f} s, {seen / epoch_s:,.0f} img/s"
+                )
+                if stop.received is not None and epoch < cfg.trainer.epochs:
+                    raise Interrupted(stop.received, out_dir / "last.pt")
 
         if window_steps and status == "ok":  # steps since the last point: short runs get one
             writer.add_scalar("train/loss", window_loss.item() / window_steps, step)
@@ -315,16 +452,19 @@ def train(cfg: DictConfig, out_dir: Path) -> dict:
         if status == "ok":
             writer.file_writer.add_summary(session_end)  # the HParams tab shows it finished
     except BaseException as err:
-        # a crash (or Ctrl-C) still leaves a results.json that says what happened
+        # a crash or a stop still leaves a results.json that says what happened
         write_json(
             out_dir / "results.json",
             {
-                "status": "error",
+                "status": "interrupted"
+                if isinstance(err, Interrupted | KeyboardInterrupt)
+                else "error",
                 "error": f"{type(err).__name__}: {err}",
                 "model": model_name,
                 "dataset": ds.name,
                 "epochs_done": len(history),
                 "steps": step,
+                "checkpoint": str(out_dir / "last.pt") if (out_dir / "last.pt").exists() else None,
                 "config": OmegaConf.to_container(cfg, resolve=True),
             },
         )
@@ -355,7 +495,8 @@ def train(cfg: DictConfig, out_dir: Path) -> dict:
         "params": params,
         "train_images_per_s": images_per_s,
         "train_s": sum(r["epoch_s"] for r in history),
-        "wall_s": time.perf_counter() - start,
+        "wall_s": state["wall_s"] + time.perf_counter() - start,
+        "resumed": ckpt is not None,
         "device": str(device),
         "torch_version": torch.__version__,
         "cnnbench_version": __version__,
@@ -367,12 +508,55 @@ def train(cfg: DictConfig, out_dir: Path) -> dict:
     return results
 
 
+def resume_command(out_dir: Path) -> str:
+    """The command line of this run with trainer.resume pointing at its directory."""
+    overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith("trainer.resume=")]
+    return shlex.join(["python", "-m", "cnnbench", *overrides, f"trainer.resume={out_dir}"])
+
+
+def checkpoint_to_resume(setting: str | None, out_dir: Path) -> Path | None:
+    """trainer.resume: null starts afresh; a path names a checkpoint or run directory;
+    auto takes this directory's last.pt, which conf/config.yaml's run-directory resolver
+    chose as the newest run with the same config (none: a fresh run)."""
+    if setting is None:
+        return None
+    if setting == "auto":
+        return out_dir / "last.pt" if (out_dir / "last.pt").is_file() else None
+    return checkpoint.find(setting)
+
+
+def finished(out_dir: Path, cfg: DictConfig) -> bool:
+    """A run directory whose results.json says it trained all of cfg's epochs."""
+    try:
+        results = json.loads((out_dir / "results.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return results.get("status") == "ok" and results.get("epochs_done") == cfg.trainer.epochs
+
+
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
-def main(cfg: DictConfig) -> float:
+def hydra_main(cfg: DictConfig) -> float:
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
-        results = train(cfg, out_dir)
-    except (ConfigError, data.DataError, OSError) as err:
+        resume = checkpoint_to_resume(cfg.trainer.resume, out_dir)
+        if resume and finished(out_dir, cfg):
+            results = json.loads((out_dir / "results.json").read_text())
+            print(f"already finished: test accuracy {results['test_acc']:.4f} - {out_dir}")
+            return results["test_acc"]
+        results = train(cfg, out_dir, resume)
+    except Interrupted as stop:
+        print(
+            f"cnnbench: {stop}; checkpoint saved to {stop.checkpoint}. Resume with:\n"
+            f"  {resume_command(out_dir)}",
+            file=sys.stderr,
+        )
+        sys.exit(128 + stop.signum)
+    except KeyboardInterrupt:
+        last = out_dir / "last.pt"
+        kept = f"the last checkpoint is {last}" if last.exists() else "no checkpoint was saved yet"
+        print(f"cnnbench: stopped at once; {kept}", file=sys.stderr)
+        sys.exit(130)
+    except (ConfigError, data.DataError, checkpoint.CheckpointError, OSError) as err:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         print(f"cnnbench: error: {err}", file=sys.stderr)
@@ -387,6 +571,24 @@ def main(cfg: DictConfig) -> float:
         f"epoch {results['best_epoch']}) - {out_dir}"
     )
     return results["test_acc"]
+
+
+def main() -> None:
+    """The console entry point. A run or sweep directory given on the command line is checked
+    first: Hydra creates it before any of cnnbench's code runs."""
+    try:
+        overrides = OverridesParser.create().parse_overrides(
+            [a for a in sys.argv[1:] if not a.startswith("-")]
+        )
+    except Exception:
+        overrides = []
+    for o in overrides:
+        value = o.value()
+        # an interpolated directory is checked by conf/config.yaml's resolver instead
+        given = isinstance(value, str) and "${" not in value
+        if o.key_or_group in ("hydra.run.dir", "hydra.sweep.dir") and given:
+            check_writable(value)
+    hydra_main()
 
 
 if __name__ == "__main__":

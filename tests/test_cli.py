@@ -12,11 +12,16 @@ from tests.conftest import REPO, SHARED_DATA, small_overrides
 pytestmark = pytest.mark.slow
 
 
-def cnnbench(*args: str, cwd, module: str = "cnnbench") -> subprocess.CompletedProcess:
-    """`python -m cnnbench ...` run from `cwd`, importing this checkout's cnnbench."""
+def env() -> dict[str, str]:
+    """The environment of a child that imports this checkout's cnnbench."""
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env,
+    return env
+
+
+def cnnbench(*args: str, cwd, module: str = "cnnbench") -> subprocess.CompletedProcess:
+    """`python -m cnnbench ...` run from `cwd`."""
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env(),
                           capture_output=True, text=True, timeout=600)  # fmt: skip
 
 

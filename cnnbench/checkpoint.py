@@ -1,0 +1,126 @@
+"""Checkpoints: written whole or not at all, loaded without running code, and refused when
+they belong to another network.
+
+A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, so that
+`torch.load(weights_only=True)` reads it.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import tempfile
+import warnings
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+FORMAT = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used here; the message says why and what to do."""
+
+
+def atomic_save(obj: object, path: Path) -> None:
+    """A kill at any moment leaves the old file or the new one, never a partial one: the
+    bytes go to a temporary file in the same folder, are flushed to disk, then renamed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes it private
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def rng_states() -> dict:
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+        "python": random.getstate(),
+    }
+
+
+def set_rng_states(states: dict) -> None:
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+    name, keys, *rest = states["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), *rest))
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+def find(path: str | Path) -> Path:
+    """A checkpoint file, or a run directory's last.pt."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        path = path / "last.pt"
+    if not path.is_file():
+        raise CheckpointError(
+            f"no checkpoint at {path}. Give a run directory that holds last.pt, or a .pt file "
+            "(best.pt, last.pt)"
+        )
+    return path
+
+
+def load(path: str | Path, map_location: torch.device | str = "cpu") -> dict:
+    """Read a checkpoint without unpickling code (weights_only)."""
+    path = find(path)
+    try:
+        with warnings.catch_warnings():  # torch warns about pickle protocols of foreign files
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        raise CheckpointError(
+            f"{path} is not a cnnbench checkpoint: it holds objects other than tensors and plain "
+            "values, which are not loaded, or it is damaged. Use a checkpoint that cnnbench wrote"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as err:
+        raise CheckpointError(
+            f"{path} is not a readable cnnbench checkpoint ({str(err).splitlines()[0]}). "
+            "It may be truncated or from another program; use another checkpoint or start "
+            "a new run"
+        ) from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{path} is not a cnnbench checkpoint (format {FORMAT}); start a new run or use "
+            "a checkpoint that cnnbench wrote"
+        )
+    return ckpt
+
+
+def check_compatible(ckpt: dict, path: Path, model_cfg: dict, channels: int, classes: int) -> None:
+    """Refuse a checkpoint of another network, or of data with other channels or classes."""
+    theirs, ours = ckpt["config"]["model"], model_cfg
+    keys = ["_target_"] if theirs.get("_target_") != ours.get("_target_") else sorted(theirs | ours)
+    differences = [
+        f"model.{k}: {theirs.get(k)!r} in the checkpoint, {ours.get(k)!r} here"
+        for k in keys
+        if theirs.get(k) != ours.get(k)
+    ]
+    if ckpt["in_channels"] != channels:
+        differences.append(
+            f"{ckpt['in_channels']}-channel images in the checkpoint, {channels} here"
+        )
+    if ckpt["num_classes"] != classes:
+        differences.append(f"{ckpt['num_classes']} classes in the checkpoint, {classes} here")
+    if differences:
+        name = theirs.get("_target_", "?").rsplit(".", 1)[-1]
+        raise CheckpointError(
+            f"{path} holds a different network ({name}, trained on "
+            f"{ckpt['config']['dataset']['name']}):\n  " + "\n  ".join(differences) + "\n"
+            "Use the checkpoint's own settings (its run directory's .hydra/overrides.yaml lists "
+            "them), or leave out trainer.resume to start a new run"
+        )

@@ -1,0 +1,216 @@
+"""Evaluate a model on a test split: `evaluate()` is the one accuracy implementation (train.py
+uses it after every epoch), and `python -m cnnbench.eval` checks a saved checkpoint:
+
+    python -m cnnbench.eval ckpt=outputs/2026-11-22/10-00-00/best.pt
+    python -m cnnbench.eval ckpt=outputs/2026-11-22/10-00-00 dataset.root=../shared/data
+
+It prints the test accuracy and the accuracy of every class, and writes the confusion matrix
+(CSV and PNG) and TensorBoard events (the matrix, a grid of misclassified images) into
+`<run dir>/eval/`, or `out=<dir>`.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from torch import nn
+
+from cnnbench import checkpoint, data
+from cnnbench.config import ConfigError, image_size, resolve_device, validate
+
+
+@dataclass
+class Evaluation:
+    loss: float  # mean cross-entropy
+    acc: float
+    confusion: (
+        torch.Tensor
+    )  # (classes, classes) counts on the CPU; row = true class, column = predicted
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, loader: data.DeviceLoader, num_classes: int) -> Evaluation:
+    """Loss, accuracy and confusion matrix over every batch the loader yields. The sums stay
+    on the device until the end."""
+    model.eval()
+    loss_sum = torch.zeros((), device=loader.device)
+    confusion = torch.zeros(num_classes * num_classes, device=loader.device, dtype=torch.long)
+    n = 0
+    for x, y in loader:
+        logits = model(x)
+        loss_sum += F.cross_entropy(logits, y, reduction="sum")
+        confusion += torch.bincount(y * num_classes + logits.argmax(1), minlength=len(confusion))
+        n += len(y)
+    confusion = confusion.view(num_classes, num_classes).cpu()
+    return Evaluation(loss_sum.item() / n, confusion.diag().sum().item() / n, confusion)
+
+
+@torch.inference_mode()
+def misclassified(
+    model: nn.Module, loader: data.DeviceLoader, images: torch.Tensor, limit: int = 64
+) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+    """Up to `limit` test images the model gets wrong (as stored, uint8), with (true, predicted)."""
+    model.eval()
+    picked, pairs, first = [], [], 0
+    for x, y in loader:
+        pred = model(x).argmax(1)
+        wrong = (pred != y).nonzero().flatten().cpu()
+        picked.append(images[first + wrong])
+        pairs += list(zip(y.cpu()[wrong].tolist(), pred.cpu()[wrong].tolist(), strict=True))
+        first += len(y)
+        if len(pairs) >= limit:
+            break
+    return torch.cat(picked)[:limit], pairs[:limit]
+
+
+def confusion_figure(confusion: torch.Tensor, classes: tuple[str, ...], title: str):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 6), layout="constrained")
+    ax = fig.subplots()
+    im = ax.imshow(confusion.numpy(), cmap="Blues")
+    fig.colorbar(im, ax=ax)
+    ticks = range(len(classes))
+    ax.set_xticks(ticks, classes, rotation=45, ha="right")
+    ax.set_yticks(ticks, classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    high = confusion.max().item() / 2
+    for i in ticks:
+        for j in ticks:
+            n = confusion[i, j].item()
+            ax.text(j, i, n, ha="center", va="center", fontsize=7,
+                    color="white" if n > high else "black")  # fmt: skip
+    return fig
+
+
+USAGE = """usage: python -m cnnbench.eval ckpt=<checkpoint or run dir> [out=<dir>]
+                                [dataset.KEY=VALUE ...] [trainer.KEY=VALUE ...]
+
+Evaluates a checkpoint on its dataset's test split. The model and its settings come from the
+checkpoint; dataset.* (root, cache_dir, download, normalize, ...) and trainer.* (device,
+eval_batch_size, limit_test_batches) may be overridden."""
+
+
+def parse(argv: list[str]) -> tuple[Path, Path | None, list[str]]:
+    if any(a in ("-h", "--help") for a in argv):
+        print(USAGE)
+        sys.exit(0)
+    args = dict(a.split("=", 1) if "=" in a else (a, None) for a in argv)
+    bad = [
+        a
+        for a, v in args.items()
+        if v is None or not (a in ("ckpt", "out") or a.startswith(("dataset.", "trainer.")))
+    ]
+    if bad or "ckpt" not in args:
+        problem = (
+            f"cannot use {' '.join(bad)} (the model and its settings come from the checkpoint)"
+            if bad
+            else "ckpt=<path> is required"
+        )
+        raise ConfigError(f"{problem}\n{USAGE}")
+    overrides = [f"{k}={v}" for k, v in args.items() if k not in ("ckpt", "out")]
+    return Path(args["ckpt"]), Path(args["out"]) if "out" in args else None, overrides
+
+
+def main(argv: list[str] | None = None) -> Evaluation:
+    from torch.utils.tensorboard import SummaryWriter
+    from torchvision.utils import make_grid
+
+    from cnnbench.train import build_model
+
+    try:
+        path, out_dir, overrides = parse(sys.argv[1:] if argv is None else argv)
+        path = checkpoint.find(path)
+        ckpt = checkpoint.load(path)
+        cfg = OmegaConf.create(ckpt["config"])
+        OmegaConf.set_struct(cfg, True)  # a misspelt override is an error, not a new key
+        try:
+            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
+        except OmegaConfBaseException as err:
+            raise ConfigError(
+                f"{err.full_key}: no such setting in the checkpoint's config; "
+                f"python -m cnnbench --cfg job lists the dataset.* and trainer.* settings"
+            ) from None
+        validate(cfg)
+        device = resolve_device(cfg.trainer.device)
+        spec = data.SPECS[cfg.dataset.name]
+        checkpoint.check_compatible(
+            ckpt, path, OmegaConf.to_container(cfg.model), spec.channels, len(spec.classes)
+        )
+        size = image_size(cfg)
+        model = build_model(cfg, spec, size, device)
+        model.load_state_dict(ckpt["model"])
+        ds = cfg.dataset
+        images, labels = data.load(ds.name, "test", ds.root, ds.download, ds.cache_dir)
+        out_dir = out_dir or path.parent / "eval"
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except (ConfigError, checkpoint.CheckpointError, data.DataError, OSError,
+            OmegaConfBaseException) as err:  # fmt: skip
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"cnnbench.eval: error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+    loader = data.DeviceLoader(
+        images, labels, cfg.trainer.eval_batch_size, device, mean=spec.mean, std=spec.std,
+        normalize=ds.normalize, resize=size if size != spec.size else None,
+        limit_batches=cfg.trainer.limit_test_batches,
+    )  # fmt: skip
+    result = evaluate(model, loader, len(spec.classes))
+    confusion = result.confusion
+    per_class = confusion.diag() / confusion.sum(1).clamp(min=1)
+    name = ckpt["config"]["model"]["_target_"].rsplit(".", 1)[-1]
+    epoch = ckpt["epochs_done"]
+    width = max(map(len, spec.classes))
+    lines = [
+        f"{name} from {path} (epoch {epoch}) on {spec.title} test, {int(confusion.sum())} images",
+        f"test accuracy {result.acc:.4f}, loss {result.loss:.4f}",
+        "",
+        f"{'class':<{width}}  accuracy  images",
+        *(
+            f"{c:<{width}}  {a:8.4f}  {int(n):6d}"
+            for c, a, n in zip(spec.classes, per_class.tolist(), confusion.sum(1), strict=True)
+        ),
+    ]
+    print("\n".join(lines))
+
+    with open(out_dir / "confusion_matrix.csv", "w", newline="") as f:
+        out = csv.writer(f)
+        out.writerow(["true \\ predicted", *spec.classes])
+        for cls, row in zip(spec.classes, confusion.tolist(), strict=True):
+            out.writerow([cls, *row])
+    title = f"{name}, {spec.title} test: accuracy {result.acc:.4f}"
+    confusion_figure(confusion, spec.classes, title).savefig(
+        out_dir / "confusion_matrix.png", dpi=120
+    )
+    wrong, pairs = misclassified(model, loader, images)
+    with SummaryWriter(log_dir=str(out_dir)) as writer:
+        writer.add_scalar("eval/acc", result.acc, epoch)
+        writer.add_scalar("eval/loss", result.loss, epoch)
+        writer.add_figure(
+            "eval/confusion_matrix", confusion_figure(confusion, spec.classes, title), epoch
+        )
+        if len(wrong):
+            writer.add_image("eval/misclassified", make_grid(wrong, nrow=8, pad_value=255), epoch)
+            writer.add_text(
+                "eval/misclassified",
+                ", ".join(f"{spec.classes[t]} as {spec.classes[p]}" for t, p in pairs),
+                epoch,
+            )
+        writer.add_text("eval/per_class", "    " + "\n    ".join(lines), epoch)
+    print(f"\nconfusion matrix and TensorBoard events: {out_dir}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
