@@ -6,6 +6,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from cnnbench.models.resnet import stem
+
 
 def conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
     """The pre-activation unit of a dense block: BN, ReLU, 3x3 conv."""
@@ -56,12 +58,7 @@ class DenseNet(nn.Sequential):
         if not num_convs or not all(isinstance(n, int) and n >= 1 for n in num_convs):
             raise ValueError(f"num_convs={list(num_convs)}; give counts >= 1, e.g. [4, 4, 4, 4]")
         super().__init__()
-        self.stem = nn.Sequential(
-            nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3),
-            nn.BatchNorm2d(64),
-            nn.ReLU(),
-            nn.MaxPool2d(kernel_size=3, stride=2, padding=1),
-        )
+        self.stem = stem(in_channels)  # ResNet's
         channels = 64
         for i, n in enumerate(num_convs):
             block = DenseBlock(n, channels, growth_rate)

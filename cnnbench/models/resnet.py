@@ -28,6 +28,16 @@ class Residual(nn.Module):
         return F.relu(y + shortcut)
 
 
+def stem(in_channels: int) -> nn.Sequential:
+    """7x7/2 conv to 64 channels, batch norm, ReLU, 3x3/2 max-pool: a quarter of the size."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3),
+        nn.BatchNorm2d(64),
+        nn.ReLU(),
+        nn.MaxPool2d(kernel_size=3, stride=2, padding=1),
+    )
+
+
 def resnet_stage(in_channels: int, out_channels: int, blocks: int, first: bool) -> nn.Sequential:
     """`blocks` residual blocks; every stage but the first halves the size in its first."""
     stride = 1 if first else 2
@@ -48,12 +58,7 @@ class ResNet(nn.Sequential):
         if len(blocks) != 4 or not all(isinstance(b, int) and b >= 1 for b in blocks):
             raise ValueError(f"blocks={list(blocks)}; give four counts >= 1, e.g. [2, 2, 2, 2]")
         super().__init__()
-        self.stem = nn.Sequential(
-            nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3),
-            nn.BatchNorm2d(64),
-            nn.ReLU(),
-            nn.MaxPool2d(kernel_size=3, stride=2, padding=1),
-        )
+        self.stem = stem(in_channels)
         widths = (64, 64, 128, 256, 512)
         for i, count in enumerate(blocks):
             stage = resnet_stage(widths[i], widths[i + 1], count, first=i == 0)
