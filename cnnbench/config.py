@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 import numbers
 import os
@@ -11,9 +12,9 @@ from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
 from cnnbench import data
+from cnnbench.runs import NOT_IDENTITY, flatten, newest_matching_run
 
 _HERE = Path(__file__).resolve().parent
 # installed: the configs ship inside the package; source tree or editable: the top-level conf/
@@ -28,35 +29,28 @@ OmegaConf.register_new_resolver(
     "cnnbench.dirname", lambda name: name.replace("/", "_")[:150], replace=True
 )
 
-# settings that do not change what a run computes: trainer.resume=auto ignores them when it
-# looks for an earlier run with the same config
-NOT_IDENTITY = (
-    "trainer.resume",
-    "trainer.device",
-    "trainer.log_every_n_steps",
-    "dataset.root",
-    "dataset.cache_dir",
-    "dataset.download",
-)
+
+def sweep_name(argv: list[str] | None = None) -> str:
+    """A sweep directory's name: the sweep's overrides from its command line, sorted, so that
+    running the same sweep again finds its directory (and each job its own). Hydra resolves it
+    once, at the start of the sweep, and hands the value to every job (the resolver caches)."""
+    args = sys.argv[1:] if argv is None else argv
+    kept = sorted(
+        a.replace("/", "_")
+        for a in args
+        if "=" in a
+        and not a.startswith("-")
+        and not a.lstrip("+~").startswith("hydra")
+        and a.split("=", 1)[0].lstrip("+~") not in NOT_IDENTITY
+    )
+    name = "__".join(kept) or "defaults"
+    if len(name) > 150:
+        name = f"{name[:130]}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
+    return name
 
 
-def run_identity(cfg: dict) -> dict:
-    flat = flatten({k: v for k, v in cfg.items() if k != "hydra"})
-    return {k: v for k, v in flat.items() if k not in NOT_IDENTITY}
-
-
-def newest_matching_run(cfg: dict, base: Path = Path("outputs")) -> Path | None:
-    """The run directory under `base` with the newest last.pt whose saved config
-    (.hydra/config.yaml) equals `cfg`, apart from NOT_IDENTITY."""
-    mine = run_identity(cfg)
-    for last in sorted(base.glob("**/last.pt"), key=lambda p: p.stat().st_mtime, reverse=True):
-        try:
-            theirs = OmegaConf.to_container(OmegaConf.load(last.parent / ".hydra" / "config.yaml"))
-        except (OSError, ValueError, OmegaConfBaseException):
-            continue
-        if run_identity(theirs) == mine:
-            return last.parent
-    return None
+OmegaConf.register_new_resolver("cnnbench.sweep_name", lambda: sweep_name(), use_cache=True)
+OmegaConf.register_new_resolver("cnnbench.not_identity", lambda: list(NOT_IDENTITY), replace=True)
 
 
 def _resumed_dir(resume: str | None, root: DictConfig) -> str | None:
@@ -165,6 +159,11 @@ RULES: dict[str, tuple[Callable[[object], bool], str, str]] = {
     "dataset.download": (_bool, "true or false", "dataset.download=false"),
     "dataset.normalize": (_bool, "true or false", "dataset.normalize=false"),
     "dataset.batch_size": (_int_at_least(1), "an integer >= 1", "dataset.batch_size=256"),
+    "dataset.val_size": (
+        _int_at_least(0),
+        "an integer >= 0 (training images held out for validation)",
+        "dataset.val_size=10000",
+    ),
     "dataset.resize": (
         _or_none(_int_at_least(1)),
         "null or an integer >= 1 (pixels per side)",
@@ -238,17 +237,6 @@ RULES: dict[str, tuple[Callable[[object], bool], str, str]] = {
 
 # model keys read by cnnbench, not passed to the model's constructor
 MODEL_INPUT_KEYS = ("min_size", "input_size")
-
-
-def flatten(tree: dict, prefix: str = "") -> dict:
-    """{"a": {"b": 1}} -> {"a.b": 1}"""
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def resolve_device(name: str) -> torch.device:

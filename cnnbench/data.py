@@ -300,6 +300,23 @@ def load(
     return images, labels
 
 
+def hold_out(
+    images: torch.Tensor, labels: torch.Tensor, size: int, seed: int
+) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor] | None]:
+    """Split `size` images off a training split, chosen by a permutation seeded with `seed`:
+    (train, validation), or (train, None) when size is 0."""
+    if size == 0:
+        return (images, labels), None
+    if size >= len(labels):
+        raise DataError(
+            f"dataset.val_size={size} leaves no training images (the split holds {len(labels)}); "
+            f"hold out fewer, e.g. dataset.val_size={len(labels) // 6}"
+        )
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
+    val, train = order[:size], order[size:]
+    return (images[train], labels[train]), (images[val], labels[val])
+
+
 # ---------------------------------------------------------------------------- loading
 
 

@@ -22,7 +22,6 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from cnnbench import data
 from cnnbench.config import CONFIG_DIR, ConfigError, image_size, validate
-from cnnbench.train import build_model
 
 
 @dataclass
@@ -100,6 +99,18 @@ def summarize(model: nn.Module, input_shape: tuple[int, int, int], depth: int = 
     )
 
 
+def forward_flops(model: nn.Module, input_shape: tuple[int, int, int]) -> int:
+    """FLOPs of one image's forward pass (convolutions and matrix products, a multiply-add
+    counts 2)."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.zeros(1, *input_shape, device=device))
+    model.train(was_training)
+    return counter.get_total_flops()
+
+
 def human(n: float) -> str:
     for unit in ("", "K", "M", "G", "T"):
         if abs(n) < 1000:
@@ -155,6 +166,8 @@ def main(argv: list[str] | None = None) -> None:
         "--depth", type=int, default=1, help="how many levels of submodules to list (default 1)"
     )
     args = parser.parse_args(argv)
+    from cnnbench.train import build_model  # train.py imports this module
+
     if args.depth < 1:
         parser.error(f"--depth {args.depth}: give 1 or more")
     try:

@@ -45,12 +45,13 @@ from cnnbench.config import (
     MODEL_INPUT_KEYS,
     ConfigError,
     check_writable,
-    flatten,
     image_size,
     resolve_device,
     validate,
 )
 from cnnbench.eval import evaluate
+from cnnbench.runs import flatten, objective, write_json
+from cnnbench.summary import forward_flops
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,8 @@ EPOCH_SCALARS = {
     "test_loss": "test/loss",
     "test_acc": "test/acc",
     "best_test_acc": "test/best_acc",
+    "val_loss": "val/loss",
+    "val_acc": "val/acc",
     "epoch_s": "perf/epoch_s",
     "images_per_s": "perf/images_per_s",
 }
@@ -127,22 +130,6 @@ def hparams_summaries(cfg: DictConfig) -> tuple:
     return session_start, session_end
 
 
-def write_json(path: Path, obj: dict) -> None:
-    """Whole or not at all, so a reader never sees half a file; NaN and inf become null,
-    which strict JSON parsers accept."""
-
-    def finite(v):
-        if isinstance(v, float) and not math.isfinite(v):
-            return None
-        if isinstance(v, dict):
-            return {k: finite(x) for k, x in v.items()}
-        return [finite(x) for x in v] if isinstance(v, list) else v
-
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(finite(obj), indent=2, allow_nan=False) + "\n")
-    os.replace(tmp, path)
-
-
 class Interrupted(Exception):
     """A SIGINT or SIGTERM stopped the run after a step; a checkpoint holds its state."""
 
@@ -179,17 +166,22 @@ class StopSignals:
             signal.signal(sig, handler)
 
 
-def claim(out_dir: Path) -> None:
-    """Creating metrics.csv claims the directory, so two runs never share one."""
+def claim(out_dir: Path, restart: bool) -> bool:
+    """Creating metrics.csv claims the directory, so two runs never share one. With `restart`
+    (a sweep job run again before it saved a checkpoint), a claimed directory is taken over;
+    the return value says whether it was."""
     out_dir.mkdir(parents=True, exist_ok=True)
     try:
         (out_dir / "metrics.csv").open("x").close()
     except FileExistsError:  # e.g. two runs started within the same second
+        if restart:
+            return True
         raise ConfigError(
             f"{out_dir} already holds a run; its metrics, events and results are left as they "
             "are. Give this run its own directory, e.g. hydra.run.dir=outputs/my-run, or "
             f"continue it with trainer.resume={out_dir}"
         ) from None
+    return False
 
 
 def keep_rows_up_to(path: Path, epochs_done: int) -> None:
@@ -203,9 +195,12 @@ def keep_rows_up_to(path: Path, epochs_done: int) -> None:
         out.writerows(r for r in rows if int(r["epoch"]) <= epochs_done)
 
 
-def train(cfg: DictConfig, out_dir: Path, resume: Path | None = None) -> dict:
+def train(
+    cfg: DictConfig, out_dir: Path, resume: Path | None = None, restart: bool = False
+) -> dict:
     """Train and evaluate the configured model; write logs and checkpoints into `out_dir`;
-    return the results. With `resume`, continue the run that checkpoint stopped."""
+    return the results. With `resume`, continue the run that checkpoint stopped; with
+    `restart`, start afresh in a directory a run without a checkpoint left behind."""
     start = time.perf_counter()
     validate(cfg)
     device = resolve_device(cfg.trainer.device)
@@ -220,8 +215,7 @@ def train(cfg: DictConfig, out_dir: Path, resume: Path | None = None) -> dict:
             spec.channels,
             len(spec.classes),
         )
-    if ckpt is None:
-        claim(out_dir)
+    restarted = claim(out_dir, restart) if ckpt is None else False
     seed_everything(cfg.trainer.seed)
 
     # ---- data: decoded once (cached on disk), moved to the device once
@@ -229,6 +223,7 @@ def train(cfg: DictConfig, out_dir: Path, resume: Path | None = None) -> dict:
     train_set, test_set = (
         data.load(ds.name, split, ds.root, ds.download, ds.cache_dir) for split in ("train", "test")
     )
+    train_set, val_set = data.hold_out(*train_set, ds.val_size, seed=cfg.trainer.seed)
     size = image_size(cfg)
     resize = size if size != spec.size else None
     common = dict(
@@ -242,16 +237,20 @@ def train(cfg: DictConfig, out_dir: Path, resume: Path | None = None) -> dict:
         limit_batches=cfg.trainer.limit_train_batches,
         **common,
     )
-    test_loader = data.DeviceLoader(
-        *test_set,
-        cfg.trainer.eval_batch_size,
-        limit_batches=cfg.trainer.limit_test_batches,
-        **common,
-    )
+    test_loader, val_loader = (
+        data.DeviceLoader(
+            *split, cfg.trainer.eval_batch_size, limit_batches=cfg.trainer.limit_test_batches,
+            **common,
+        )
+        if split is not None
+        else None
+        for split in (test_set, val_set)
+    )  # fmt: skip
 
     # ---- model, optimizer, schedule
     model = build_model(cfg, spec, size, device)
     params = sum(p.numel() for p in model.parameters())
+    flops = forward_flops(model, (spec.channels, size, size))
     with blame("optimizer", cfg.optimizer):
         optimizer = instantiate(cfg.optimizer, _convert_="all")(model.parameters())
     total_steps = max(1, cfg.trainer.epochs * len(train_loader))
@@ -319,19 +318,24 @@ def train(cfg: DictConfig, out_dir: Path, resume: Path | None = None) -> dict:
         )
 
     # ---- logging; a resumed run first drops the points logged after its checkpoint
-    writer = SummaryWriter(log_dir=str(out_dir), purge_step=step + 1 if ckpt else None)
+    purge = step + 1 if ckpt else (0 if restarted else None)
+    writer = SummaryWriter(log_dir=str(out_dir), purge_step=purge)
     session_start, session_end = hparams_summaries(cfg)
     if ckpt is None:
         writer.add_text("config", "    " + OmegaConf.to_yaml(cfg).replace("\n", "\n    "))
         writer.file_writer.add_summary(session_start)
-    csv_file = open(out_dir / "metrics.csv", "a", newline="")  # noqa: SIM115 (closed below)
+    csv_file = open(out_dir / "metrics.csv", "a" if ckpt else "w", newline="")  # noqa: SIM115
     metrics_csv = csv.DictWriter(csv_file, fieldnames=CSV_FIELDS)
     if ckpt is None:
         metrics_csv.writeheader()
 
     # ---- the loop
+    # best_acc and best_epoch (and best.pt) follow the validation accuracy when there is a
+    # validation split, else the test accuracy
     test_loss = history[-1]["test_loss"] if history else float("nan")
     test_acc = history[-1]["test_acc"] if history else float("nan")
+    val_loss = history[-1]["val_loss"] if history else None
+    val_acc = history[-1]["val_acc"] if history else None
     status, diverged_at = "ok", None
     lr = optimizer.param_groups[0]["lr"]
     sums = state["sums"]
@@ -342,7 +346,11 @@ def train(cfg: DictConfig, out_dir: Path, resume: Path | None = None) -> dict:
             if cfg.trainer.epochs == 0:  # nothing to train: report what the untrained model does
                 result = evaluate(model, test_loader, len(spec.classes))
                 test_loss, test_acc = result.loss, result.acc
-                best_acc = test_acc
+                if val_loader is not None:
+                    result = evaluate(model, val_loader, len(spec.classes))
+                    val_loss, val_acc = result.loss, result.acc
+                    writer.add_scalar("val/acc", val_acc, 0)
+                best_acc = test_acc if val_acc is None else val_acc
                 for tag, value in [("test/acc", test_acc), ("test/loss", test_loss)]:
                     writer.add_scalar(tag, value, 0)
             for epoch in range(first_epoch, cfg.trainer.epochs + 1):
@@ -420,17 +428,24 @@ def train(cfg: DictConfig, out_dir: Path, resume: Path | None = None) -> dict:
 
                 result = evaluate(model, test_loader, len(spec.classes))
                 test_loss, test_acc = result.loss, result.acc
-                improved = test_acc > best_acc
+                if val_loader is not None:
+                    result = evaluate(model, val_loader, len(spec.classes))
+                    val_loss, val_acc = result.loss, result.acc
+                tracked = test_acc if val_acc is None else val_acc
+                improved = tracked > best_acc
                 if improved:
-                    best_acc, best_epoch = test_acc, epoch
+                    best_acc, best_epoch = tracked, epoch
+                best_test = max([r["test_acc"] for r in history] + [test_acc])
                 row = dict(epoch=epoch, step=step, lr=lr, train_loss=train_loss)
                 row.update(train_acc=train_acc, test_loss=test_loss, test_acc=test_acc)
-                row.update(best_test_acc=best_acc, epoch_s=epoch_s, images_per_s=seen / epoch_s)
+                row.update(best_test_acc=best_test, epoch_s=epoch_s, images_per_s=seen / epoch_s)
+                row.update(val_loss=val_loss, val_acc=val_acc)
                 history.append(row)
                 metrics_csv.writerow(row)
                 csv_file.flush()
                 for key, tag in EPOCH_SCALARS.items():
-                    writer.add_scalar(tag, row[key], step)
+                    if row[key] is not None:
+                        writer.add_scalar(tag, row[key], step)
                 writer.flush()
                 epoch_loss.zero_()
                 epoch_correct.zero_()
@@ -485,14 +500,19 @@ def train(cfg: DictConfig, out_dir: Path, resume: Path | None = None) -> dict:
         "dataset": ds.name,
         "test_acc": test_acc,
         "test_loss": test_loss,
-        "best_test_acc": best_acc,
+        "best_test_acc": max([r["test_acc"] for r in history], default=test_acc),
         "best_epoch": best_epoch,
+        "val_acc": val_acc,
+        "val_loss": val_loss,
+        "best_val_acc": best_acc if val_acc is not None else None,
+        "val_size": ds.val_size,
         "train_loss": history[-1]["train_loss"] if history else None,
         "train_acc": history[-1]["train_acc"] if history else None,
         "epochs": cfg.trainer.epochs,
         "epochs_done": len(history),
         "steps": step,
         "params": params,
+        "flops_per_image": flops,
         "train_images_per_s": images_per_s,
         "train_s": sum(r["epoch_s"] for r in history),
         "wall_s": state["wall_s"] + time.perf_counter() - start,
@@ -508,9 +528,12 @@ def train(cfg: DictConfig, out_dir: Path, resume: Path | None = None) -> dict:
     return results
 
 
-def resume_command(out_dir: Path) -> str:
-    """The command line of this run with trainer.resume pointing at its directory."""
+def resume_command(out_dir: Path, sweep: bool) -> str:
+    """The command that continues this run: the same sweep again, or this run's command line
+    with trainer.resume pointing at its directory."""
     overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith("trainer.resume=")]
+    if sweep:  # the sweep's own command line: every job of it goes on where it stopped
+        return shlex.join(["python", "-m", "cnnbench", *sys.argv[1:]])
     return shlex.join(["python", "-m", "cnnbench", *overrides, f"trainer.resume={out_dir}"])
 
 
@@ -525,6 +548,20 @@ def checkpoint_to_resume(setting: str | None, out_dir: Path) -> Path | None:
     return checkpoint.find(setting)
 
 
+def score(results: dict) -> float:
+    """The value a sweeper (Optuna) maximises. A failed or diverged run scores 0, the worst
+    accuracy, so that a search goes on: hydra-optuna-sweeper stops at a NaN."""
+    value = objective(results)
+    return 0.0 if value is None else value
+
+
+def finished_with(out_dir: Path, status: str) -> bool:
+    try:
+        return json.loads((out_dir / "results.json").read_text()).get("status") == status
+    except (OSError, ValueError):
+        return False
+
+
 def finished(out_dir: Path, cfg: DictConfig) -> bool:
     """A run directory whose results.json says it trained all of cfg's epochs."""
     try:
@@ -536,18 +573,30 @@ def finished(out_dir: Path, cfg: DictConfig) -> bool:
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
 def hydra_main(cfg: DictConfig) -> float:
-    out_dir = Path(HydraConfig.get().runtime.output_dir)
+    hydra_cfg = HydraConfig.get()
+    out_dir = Path(hydra_cfg.runtime.output_dir)
+    sweep = hydra_cfg.mode == RunMode.MULTIRUN
+    searching = "optuna" in str(hydra_cfg.sweeper.get("_target_", "")).lower()
+    if searching and not cfg.dataset.val_size:  # the same for every trial: the search stops
+        print(
+            "cnnbench: error: a hyperparameter search needs a validation split, so that it never "
+            "tunes on the test set: set dataset.val_size, e.g. dataset.val_size=10000",
+            file=sys.stderr,
+        )
+        sys.exit(2)
     try:
         resume = checkpoint_to_resume(cfg.trainer.resume, out_dir)
+        if sweep and cfg.trainer.resume is None and (out_dir / "last.pt").is_file():
+            resume = out_dir / "last.pt"  # the same sweep run again: this job goes on
         if resume and finished(out_dir, cfg):
             results = json.loads((out_dir / "results.json").read_text())
             print(f"already finished: test accuracy {results['test_acc']:.4f} - {out_dir}")
-            return results["test_acc"]
-        results = train(cfg, out_dir, resume)
+            return score(results)
+        results = train(cfg, out_dir, resume, restart=sweep)
     except Interrupted as stop:
         print(
             f"cnnbench: {stop}; checkpoint saved to {stop.checkpoint}. Resume with:\n"
-            f"  {resume_command(out_dir)}",
+            f"  {resume_command(out_dir, sweep)}",
             file=sys.stderr,
         )
         sys.exit(128 + stop.signum)
@@ -556,21 +605,38 @@ def hydra_main(cfg: DictConfig) -> float:
         kept = f"the last checkpoint is {last}" if last.exists() else "no checkpoint was saved yet"
         print(f"cnnbench: stopped at once; {kept}", file=sys.stderr)
         sys.exit(130)
-    except (ConfigError, data.DataError, checkpoint.CheckpointError, OSError) as err:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+    except Exception as err:
+        known = isinstance(err, ConfigError | data.DataError | checkpoint.CheckpointError | OSError)
+        if os.environ.get("HYDRA_FULL_ERROR") == "1" or not (known or sweep):
             raise
         print(f"cnnbench: error: {err}", file=sys.stderr)
-        sys.exit(2)
+        if not sweep:
+            sys.exit(2)
+        # in a sweep the job is recorded (train() has done so if it got that far) and the
+        # others go on
+        if not known:
+            log.exception(f"job {hydra_cfg.job.num} failed")
+        if not finished_with(out_dir, "error"):
+            write_json(
+                out_dir / "results.json",
+                {
+                    "status": "error",
+                    "error": f"{type(err).__name__}: {err}",
+                    "config": OmegaConf.to_container(cfg, resolve=True),
+                    "run_dir": str(out_dir),
+                },
+            )
+        return score({})
     if results["status"] != "ok":
         print(f"cnnbench: run {results['status']} - {out_dir}", file=sys.stderr)
-        if HydraConfig.get().mode == RunMode.RUN:  # in a sweep, the other jobs go on
+        if not sweep:
             sys.exit(1)
-        return float("nan")
+        return score(results)
     print(
         f"test accuracy {results['test_acc']:.4f} (best {results['best_test_acc']:.4f}, "
         f"epoch {results['best_epoch']}) - {out_dir}"
     )
-    return results["test_acc"]
+    return score(results)
 
 
 def main() -> None:

@@ -51,7 +51,7 @@ def test_default_output_layout_and_sweep(tmp_path, data_root):
         "-m", *common, "optimizer.lr=0.01,0.1", "dataset.batch_size=32,64", cwd=tmp_path
     )
     assert proc.returncode == 0, proc.stderr
-    results = sorted((tmp_path / "outputs" / "multirun").glob("*/*/*/results.json"))
+    results = sorted((tmp_path / "outputs" / "multirun").glob("*/*/results.json"))
     assert len(results) == 4
     seen = {
         (r["config"]["optimizer"]["lr"], r["config"]["dataset"]["batch_size"])
