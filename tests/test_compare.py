@@ -193,3 +193,13 @@ def test_a_search_without_a_validation_split_is_refused(tmp_path, data_root):
     assert proc.returncode == 2 and "needs a validation split" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert results(sweep_dir(tmp_path)) == {}  # no trial trained
+
+
+def test_the_joblib_launcher_runs_a_sweep_in_parallel(tmp_path, data_root):
+    proc = cnnbench("-m", *small_overrides(data_root, tmp_path / "cache"), "hydra/launcher=joblib",
+                    "hydra.launcher.n_jobs=2", "model=mlp,softmax", "trainer.epochs=1",
+                    cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    done = results(sweep_dir(tmp_path))  # one sweep directory for both workers
+    assert sorted(r["model"] for r in done.values()) == ["MLP", "Softmax"]
+    assert all(r["status"] == "ok" for r in done.values())

@@ -212,3 +212,38 @@ def test_diverged_results_are_strict_json(make_cfg, tmp_path):
     text = (tmp_path / "results.json").read_text()
     assert "NaN" not in text and "Infinity" not in text
     json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
+
+
+def test_a_validation_split_is_held_out_logged_and_tracked(make_cfg, tmp_path):
+    results = train(make_cfg("model=mlp", "dataset.val_size=100"), tmp_path)
+    assert results["val_size"] == 100 and 0 <= results["val_acc"] <= 1
+    assert results["best_val_acc"] == max(
+        float(r["val_acc"]) for r in csv.DictReader((tmp_path / "metrics.csv").open())
+    )
+    assert results["steps"] == 2 * math.ceil(500 / 64)  # 600 training images less 100
+    events = EventAccumulator(str(tmp_path)).Reload()
+    assert {"val/acc", "val/loss"} <= set(events.Tags()["scalars"])
+    from cnnbench import checkpoint
+
+    assert checkpoint.load(tmp_path / "best.pt")["best_acc"] == results["best_val_acc"]
+
+
+def test_the_validation_split_is_seeded_and_disjoint():
+    import torch
+
+    from cnnbench.data import hold_out
+
+    images, labels = torch.arange(50).view(50, 1, 1, 1), torch.arange(50)
+    (_, train_a), (_, val_a) = hold_out(images, labels, 10, seed=3)
+    _, (_, val_b) = hold_out(images, labels, 10, seed=3)
+    assert torch.equal(val_a, val_b) and len(val_a) == 10 and len(train_a) == 40
+    assert set(val_a.tolist()).isdisjoint(train_a.tolist())
+    (_, _), (_, val_c) = hold_out(images, labels, 10, seed=4)
+    assert not torch.equal(val_a, val_c)
+
+
+def test_a_validation_split_as_large_as_the_training_set_is_refused(make_cfg, tmp_path):
+    from cnnbench.data import DataError
+
+    with pytest.raises(DataError, match=r"dataset\.val_size=600 leaves no training images"):
+        train(make_cfg("dataset.val_size=600"), tmp_path)
