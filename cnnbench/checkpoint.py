@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cnnbench.runs import run_identity
+
 FORMAT = 1
 
 
@@ -101,8 +103,11 @@ def load(path: str | Path, map_location: torch.device | str = "cpu") -> dict:
     return ckpt
 
 
-def check_compatible(ckpt: dict, path: Path, model_cfg: dict, channels: int, classes: int) -> None:
-    """Refuse a checkpoint of another network, or of data with other channels or classes."""
+def check_compatible(
+    ckpt: dict, path: Path, model_cfg: dict, channels: int, classes: int, size: int
+) -> None:
+    """Refuse a checkpoint of another network, or of data with other channels, classes or
+    image size."""
     theirs, ours = ckpt["config"]["model"], model_cfg
     keys = ["_target_"] if theirs.get("_target_") != ours.get("_target_") else sorted(theirs | ours)
     differences = [
@@ -116,11 +121,46 @@ def check_compatible(ckpt: dict, path: Path, model_cfg: dict, channels: int, cla
         )
     if ckpt["num_classes"] != classes:
         differences.append(f"{ckpt['num_classes']} classes in the checkpoint, {classes} here")
+    if ckpt["image_size"] != size:
+        differences.append(
+            f"{ckpt['image_size']}x{ckpt['image_size']} images in the checkpoint, {size}x{size} "
+            "here (dataset.resize)"
+        )
     if differences:
         name = theirs.get("_target_", "?").rsplit(".", 1)[-1]
         raise CheckpointError(
             f"{path} holds a different network ({name}, trained on "
             f"{ckpt['config']['dataset']['name']}):\n  " + "\n  ".join(differences) + "\n"
-            "Use the checkpoint's own settings (its run directory's .hydra/overrides.yaml lists "
-            "them), or leave out trainer.resume to start a new run"
+            "Give the settings the checkpoint was trained with, or leave out trainer.resume to "
+            "start a new run"
+        )
+
+
+def load_weights(model: torch.nn.Module, ckpt: dict, path: Path) -> None:
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as err:
+        raise CheckpointError(
+            f"{path} does not fit this model: {str(err).splitlines()[0]} (and more). Give the "
+            "settings the checkpoint was trained with"
+        ) from None
+
+
+def check_same_run(saved: dict, path: Path, cfg: dict) -> None:
+    """A run continues with the config it started with (paths and device aside): another
+    batch size, schedule or epoch count would not give the run it promises."""
+    theirs, ours = run_identity(saved), run_identity(cfg)
+    differences = [
+        f"{k}: {theirs.get(k)!r} in the run, {ours.get(k)!r} here"
+        for k in sorted(theirs | ours)
+        if theirs.get(k) != ours.get(k)
+    ]
+    if differences:
+        shown = differences[:8] + (
+            [f"... and {len(differences) - 8} more"] if differences[8:] else []
+        )
+        raise CheckpointError(
+            f"{path} belongs to a run with other settings:\n  " + "\n  ".join(shown) + "\n"
+            "Resume it with the command line it was started with plus trainer.resume (a stopped "
+            "run prints that command), or leave out trainer.resume to start a new run"
         )

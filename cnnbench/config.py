@@ -31,18 +31,18 @@ OmegaConf.register_new_resolver(
 
 
 def sweep_name(argv: list[str] | None = None) -> str:
-    """A sweep directory's name: the sweep's overrides from its command line, sorted, so that
+    """A sweep directory's name: the sweep's command line (without paths and devices), so that
     running the same sweep again finds its directory (and each job its own). Hydra resolves it
     once, at the start of the sweep, and hands the value to every job (the resolver caches)."""
     args = sys.argv[1:] if argv is None else argv
-    kept = sorted(
+    # in the order given: Hydra numbers the jobs in that order
+    kept = [
         a.replace("/", "_")
         for a in args
-        if "=" in a
-        and not a.startswith("-")
+        if a not in ("-m", "--multirun")
         and not a.lstrip("+~").startswith("hydra")
         and a.split("=", 1)[0].lstrip("+~") not in NOT_IDENTITY
-    )
+    ]
     name = "__".join(kept) or "defaults"
     if len(name) > 150:
         name = f"{name[:130]}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
@@ -56,10 +56,11 @@ OmegaConf.register_new_resolver("cnnbench.not_identity", lambda: list(NOT_IDENTI
 def _resumed_dir(resume: str | None, root: DictConfig) -> str | None:
     if resume is None:
         return None
+    # absolute: in a sweep, Hydra joins this onto the sweep directory
     if resume == "auto":
         found = newest_matching_run(OmegaConf.to_container(root, resolve=False))
-        return str(found) if found else None
-    path = Path(str(resume)).expanduser()
+        return str(found.absolute()) if found else None
+    path = Path(str(resume)).expanduser().absolute()
     if path.is_file():
         return str(path.parent)
     return str(path) if path.is_dir() else None  # no such path: train() names the problem

@@ -144,12 +144,12 @@ def main(argv: list[str] | None = None) -> Evaluation:
         validate(cfg)
         device = resolve_device(cfg.trainer.device)
         spec = data.SPECS[cfg.dataset.name]
-        checkpoint.check_compatible(
-            ckpt, path, OmegaConf.to_container(cfg.model), spec.channels, len(spec.classes)
-        )
         size = image_size(cfg)
+        checkpoint.check_compatible(
+            ckpt, path, OmegaConf.to_container(cfg.model), spec.channels, len(spec.classes), size
+        )
         model = build_model(cfg, spec, size, device)
-        model.load_state_dict(ckpt["model"])
+        checkpoint.load_weights(model, ckpt, path)
         ds = cfg.dataset
         images, labels = data.load(ds.name, "test", ds.root, ds.download, ds.cache_dir)
         out_dir = out_dir or path.parent / "eval"

@@ -119,7 +119,9 @@ COLUMNS = [  # (header, results.json key, format)
 
 def by_accuracy(runs: list[Run]) -> list[Run]:
     """Best test accuracy first, unfinished runs last; the figures name runs by this order."""
-    return sorted(runs, key=lambda r: -(r.get("best_test_acc") or -1))
+    return sorted(
+        runs, key=lambda r: (r.get("best_test_acc") is None, -(r.get("best_test_acc") or 0))
+    )
 
 
 def table(runs: list[Run], keys: list[str]) -> tuple[list[str], list[list[str]], list[list]]:

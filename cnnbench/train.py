@@ -186,13 +186,18 @@ def claim(out_dir: Path, restart: bool) -> bool:
 
 def keep_rows_up_to(path: Path, epochs_done: int) -> None:
     """metrics.csv of a resumed run: drop the rows of epochs after its checkpoint (a run
-    killed between writing a row and its checkpoint)."""
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    with open(path, "w", newline="") as f:
+    killed between writing a row and its checkpoint). Rewritten whole, like the checkpoints;
+    a checkpoint copied away from its metrics.csv starts a new one."""
+    rows = []
+    if path.is_file():
+        with open(path, newline="") as f:
+            rows = [r for r in csv.DictReader(f) if int(r["epoch"]) <= epochs_done]
+    tmp = path.with_suffix(".csv.tmp")
+    with open(tmp, "w", newline="") as f:
         out = csv.DictWriter(f, fieldnames=CSV_FIELDS)
         out.writeheader()
-        out.writerows(r for r in rows if int(r["epoch"]) <= epochs_done)
+        out.writerows(rows)
+    os.replace(tmp, path)
 
 
 def train(
@@ -205,16 +210,15 @@ def train(
     validate(cfg)
     device = resolve_device(cfg.trainer.device)
     spec = data.SPECS[cfg.dataset.name]
+    size = image_size(cfg)
     ckpt = None
     if resume is not None:
-        ckpt = checkpoint.load(resume, map_location=device)
+        ckpt = checkpoint.load(resume)  # on the CPU: the RNG states must stay there
+        resolved = OmegaConf.to_container(cfg, resolve=True)
         checkpoint.check_compatible(
-            ckpt,
-            resume,
-            OmegaConf.to_container(cfg.model, resolve=True),
-            spec.channels,
-            len(spec.classes),
+            ckpt, resume, resolved["model"], spec.channels, len(spec.classes), size
         )
+        checkpoint.check_same_run(ckpt["config"], resume, resolved)
     restarted = claim(out_dir, restart) if ckpt is None else False
     seed_everything(cfg.trainer.seed)
 
@@ -224,7 +228,6 @@ def train(
         data.load(ds.name, split, ds.root, ds.download, ds.cache_dir) for split in ("train", "test")
     )
     train_set, val_set = data.hold_out(*train_set, ds.val_size, seed=cfg.trainer.seed)
-    size = image_size(cfg)
     resize = size if size != spec.size else None
     common = dict(
         device=device, mean=spec.mean, std=spec.std, normalize=ds.normalize, resize=resize
@@ -279,11 +282,12 @@ def train(
         seen=0, window_steps=0, elapsed_s=0.0, wall_s=0.0, sums=zeros,
     )  # fmt: skip
     if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
+        checkpoint.load_weights(model, ckpt, resume)
+        optimizer.load_state_dict(ckpt["optimizer"])  # moves its state to the parameters' device
         scheduler.load_state_dict(ckpt["scheduler"])
         checkpoint.set_rng_states(ckpt["rng"])
         state.update({k: ckpt[k] for k in state})
+        state["sums"] = {k: v.to(device) for k, v in state["sums"].items()}
         keep_rows_up_to(out_dir / "metrics.csv", state["epochs_done"])
         log.info(
             f"resuming {resume} at step {state['step']} (epoch {state['epochs_done'] + 1}, "
@@ -301,6 +305,7 @@ def train(
                 "config": OmegaConf.to_container(cfg, resolve=True),
                 "in_channels": spec.channels,
                 "num_classes": len(spec.classes),
+                "image_size": size,
                 "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
@@ -532,6 +537,8 @@ def resume_command(out_dir: Path, sweep: bool) -> str:
     """The command that continues this run: the same sweep again, or this run's command line
     with trainer.resume pointing at its directory."""
     overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith("trainer.resume=")]
+    flags = [a for a in sys.argv[1:] if a.startswith(("--config", "-cp", "-cn", "-cd"))]
+    overrides = flags + overrides
     if sweep:  # the sweep's own command line: every job of it goes on where it stopped
         return shlex.join(["python", "-m", "cnnbench", *sys.argv[1:]])
     return shlex.join(["python", "-m", "cnnbench", *overrides, f"trainer.resume={out_dir}"])
@@ -590,15 +597,26 @@ def hydra_main(cfg: DictConfig) -> float:
             resume = out_dir / "last.pt"  # the same sweep run again: this job goes on
         if resume and finished(out_dir, cfg):
             results = json.loads((out_dir / "results.json").read_text())
+            checkpoint.check_same_run(
+                results["config"], out_dir, OmegaConf.to_container(cfg, resolve=True)
+            )
             print(f"already finished: test accuracy {results['test_acc']:.4f} - {out_dir}")
             return score(results)
         results = train(cfg, out_dir, resume, restart=sweep)
     except Interrupted as stop:
-        print(
-            f"cnnbench: {stop}; checkpoint saved to {stop.checkpoint}. Resume with:\n"
-            f"  {resume_command(out_dir, sweep)}",
-            file=sys.stderr,
-        )
+        if searching:  # a new search draws new trials: this one is not picked up again
+            print(
+                f"cnnbench: {stop}; trial {hydra_cfg.job.num} is abandoned (its checkpoint is "
+                f"{stop.checkpoint}). Running the same command again adds new trials to the "
+                "study.",
+                file=sys.stderr,
+            )
+        else:
+            print(
+                f"cnnbench: {stop}; checkpoint saved to {stop.checkpoint}. Resume with:\n"
+                f"  {resume_command(out_dir, sweep)}",
+                file=sys.stderr,
+            )
         sys.exit(128 + stop.signum)
     except KeyboardInterrupt:
         last = out_dir / "last.pt"
@@ -648,12 +666,21 @@ def main() -> None:
         )
     except Exception:
         overrides = []
+    resuming = any(o.key_or_group == "trainer.resume" for o in overrides)
     for o in overrides:
         value = o.value()
         # an interpolated directory is checked by conf/config.yaml's resolver instead
         given = isinstance(value, str) and "${" not in value
         if o.key_or_group in ("hydra.run.dir", "hydra.sweep.dir") and given:
             check_writable(value)
+        if o.key_or_group == "hydra.run.dir" and given and not resuming:
+            try:  # refused before Hydra writes its .hydra/ files into the run there
+                claimed = (Path(value).expanduser() / "metrics.csv").exists()
+                if claimed:
+                    claim(Path(value).expanduser(), restart=False)
+            except ConfigError as err:
+                print(f"cnnbench: error: {err}", file=sys.stderr)
+                sys.exit(2)
     hydra_main()
 
 

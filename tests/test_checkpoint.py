@@ -228,3 +228,39 @@ def test_rng_states_round_trip():
     again = (torch.rand(3), np.random.rand(3), random.random())
     assert torch.equal(expected[0], again[0]) and (expected[1] == again[1]).all()
     assert expected[2] == again[2] and not math.isnan(again[2])
+
+
+@pytest.mark.parametrize(
+    "override,words",
+    [
+        ("dataset.batch_size=64", "dataset.batch_size: 32 in the run, 64 here"),
+        ("trainer.epochs=5", "trainer.epochs: 3 in the run, 5 here"),
+        ("optimizer=adam", "optimizer._target_: 'torch.optim.SGD' in the run"),
+    ],
+)
+def test_a_run_continues_only_with_its_own_settings(make_cfg, tmp_path, reference, override, words):
+    _, run_dir = reference
+    overrides = (
+        [o for o in RUN if not o.startswith("optimizer.momentum")] if "adam" in override else RUN
+    )
+    with pytest.raises(CheckpointError, match="belongs to a run with other settings") as err:
+        train(make_cfg(*overrides, override), tmp_path / "x", resume=run_dir / "last.pt")
+    assert words in str(err.value)
+
+
+def test_a_checkpoint_for_another_image_size_is_refused(make_cfg, tmp_path, reference):
+    _, run_dir = reference
+    with pytest.raises(CheckpointError, match="28x28 images in the checkpoint, 32x32 here"):
+        train(make_cfg(*RUN, "dataset.resize=32"), tmp_path / "x", resume=run_dir / "last.pt")
+
+
+def test_sweep_names_follow_the_command_line():
+    from cnnbench.config import sweep_name
+
+    assert sweep_name(["-m", "model=mlp,lenet", "optimizer.lr=0.1", "dataset.root=/data",
+                       "hydra/launcher=joblib"]) == "model=mlp,lenet__optimizer.lr=0.1"  # fmt: skip
+    assert sweep_name(["-m", "optimizer.lr=0.1", "model=mlp,lenet"]) != sweep_name(
+        ["-m", "model=mlp,lenet", "optimizer.lr=0.1"]
+    )  # Hydra numbers the jobs in the order given
+    assert sweep_name(["-m"]) == "defaults"
+    assert len(sweep_name(["-m", "x=" + "1," * 200])) <= 150

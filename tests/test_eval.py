@@ -60,6 +60,7 @@ def test_eval_takes_a_run_directory_dataset_overrides_and_an_out_dir(run_dir, tm
         (["dataset.rot=3"], "dataset.rot: no such setting"),
         (["dataset=cifar10"], "cannot use dataset "),
         (["dataset.name=cifar10"], "1-channel images in the checkpoint, 3 here"),
+        (["dataset.resize=32"], "28x28 images in the checkpoint, 32x32 here"),
         (["trainer.eval_batch_size=0"], "trainer.eval_batch_size=0 is not allowed"),
         ([], None),
     ],
