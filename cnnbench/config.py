@@ -140,6 +140,9 @@ def _positive(v: object) -> bool:
 # checked wherever it appears in the composed config (sgd has momentum, adam has betas).
 # The dataset and trainer groups are read by train.py itself, so their keys are exactly
 # the ones listed here; the other groups' keys go to a constructor, which refuses strangers.
+# trainer.precision -> the dtype autocast computes in (None: no autocast)
+PRECISIONS = {"32": None, "bf16": torch.bfloat16, "16-mixed": torch.float16}
+
 GROUPS = ("model", "dataset", "optimizer", "scheduler", "trainer")
 RULES: dict[str, tuple[Callable[[object], bool], str, str]] = {
     "model.min_size": (_int_at_least(1), "an integer >= 1 (pixels per side)", "model.min_size=28"),
@@ -170,6 +173,12 @@ RULES: dict[str, tuple[Callable[[object], bool], str, str]] = {
         "null or an integer >= 1 (pixels per side)",
         "dataset.resize=224",
     ),
+    "dataset.translate": (
+        _int_at_least(0),
+        "an integer >= 0 (pixels; 0 turns it off)",
+        "dataset.translate=2",
+    ),
+    "dataset.flip": (_bool, "true or false", "dataset.flip=true"),
     "optimizer.lr": (_positive, "a number > 0", "optimizer.lr=0.01"),
     "optimizer.momentum": (_in_range(0, 1), "a number in [0, 1)", "optimizer.momentum=0.9"),
     "optimizer.weight_decay": (
@@ -177,6 +186,7 @@ RULES: dict[str, tuple[Callable[[object], bool], str, str]] = {
         "a number >= 0",
         "optimizer.weight_decay=0.0005",
     ),
+    "optimizer.fused": (_or_none(_bool), "null or true or false", "optimizer.fused=true"),
     "optimizer.nesterov": (_bool, "true or false", "optimizer.nesterov=true"),
     "optimizer.betas": (
         lambda v: len(v) == 2 and all(_in_range(0, 1)(b) for b in v),
@@ -228,6 +238,13 @@ RULES: dict[str, tuple[Callable[[object], bool], str, str]] = {
         "null or an integer >= 1",
         "trainer.limit_train_batches=10",
     ),
+    "trainer.precision": (
+        lambda v: str(v) in PRECISIONS,
+        f"one of {', '.join(PRECISIONS)}",
+        "trainer.precision=bf16",
+    ),
+    "trainer.compile": (_bool, "true or false", "trainer.compile=true"),
+    "trainer.channels_last": (_bool, "true or false", "trainer.channels_last=true"),
     "trainer.limit_test_batches": (
         _or_none(_int_at_least(1)),
         "null or an integer >= 1",

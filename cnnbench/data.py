@@ -325,8 +325,8 @@ class DeviceLoader:
 
     The whole split is copied to `device` once. Each epoch draws a permutation from a
     generator seeded with (seed, epoch), so any epoch can be replayed (resume) and every
-    rank of a distributed run can take its own shard of the same permutation. Conversion
-    to float, normalisation and resizing happen per batch on the device.
+    rank of a distributed run can take its own shard of the same permutation. Augmentation,
+    conversion to float, normalisation and resizing happen per batch on the device.
     """
 
     def __init__(
@@ -343,6 +343,9 @@ class DeviceLoader:
         shuffle: bool = False,
         seed: int = 0,
         limit_batches: int | None = None,
+        translate: int = 0,
+        flip: bool = False,
+        channels_last: bool = False,
         rank: int = 0,
         world_size: int = 1,
     ) -> None:
@@ -362,6 +365,8 @@ class DeviceLoader:
         self.shuffle = shuffle
         self.seed = seed
         self.limit_batches = limit_batches
+        self.translate, self.flip = translate, flip
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.rank, self.world_size = rank, world_size
         self.epoch = 0
         self.start = 0
@@ -392,7 +397,31 @@ class DeviceLoader:
         order = self._indices()
         for i in range(self.start, len(self)):
             idx = order[i * self.batch_size : (i + 1) * self.batch_size]
-            yield self.transform(self.images[idx]), self.labels[idx]
+            images = self.images[idx]
+            if self.translate or self.flip:
+                images = self.augment(images, batch=i)
+            yield self.transform(images), self.labels[idx]
+
+    def augment(self, images: torch.Tensor, batch: int) -> torch.Tensor:
+        """Random translation by up to `translate` pixels (zero fill, i.e. a random crop of
+        the padded image) and horizontal flips, on the device. The draws come from a
+        generator seeded with (seed, epoch, batch): a resumed run augments as the original."""
+        g = torch.Generator(self.device)
+        g.manual_seed((self.seed * 1_000_003 + self.epoch) * 100_003 + batch)
+        n, c, h, w = images.shape
+        if self.translate:
+            p = self.translate
+            padded = F.pad(images, (p, p, p, p))
+            dy, dx = torch.randint(0, 2 * p + 1, (2, n, 1), generator=g, device=self.device)
+            rows = (torch.arange(h, device=self.device) + dy)[:, None, :, None]
+            cols = (torch.arange(w, device=self.device) + dx)[:, None, None, :]
+            n_idx = torch.arange(n, device=self.device)[:, None, None, None]
+            c_idx = torch.arange(c, device=self.device)[None, :, None, None]
+            images = padded[n_idx, c_idx, rows, cols]
+        if self.flip:
+            flipped = torch.rand(n, 1, 1, 1, generator=g, device=self.device) < 0.5
+            images = torch.where(flipped, images.flip(3), images)
+        return images
 
     def transform(self, images: torch.Tensor) -> torch.Tensor:
         x = (images.float() - self.mean) / self.std
@@ -400,4 +429,4 @@ class DeviceLoader:
             x = F.interpolate(
                 x, size=(self.resize, self.resize), mode="bilinear", align_corners=False
             )
-        return x
+        return x.contiguous(memory_format=self.memory_format)

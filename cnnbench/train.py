@@ -43,6 +43,7 @@ from cnnbench import __version__, checkpoint, data
 from cnnbench.config import (
     CONFIG_DIR,
     MODEL_INPUT_KEYS,
+    PRECISIONS,
     ConfigError,
     check_writable,
     image_size,
@@ -209,6 +210,7 @@ def train(
     start = time.perf_counter()
     validate(cfg)
     device = resolve_device(cfg.trainer.device)
+    torch.backends.cudnn.benchmark = True  # CUDA: the fastest convolution for these shapes
     spec = data.SPECS[cfg.dataset.name]
     size = image_size(cfg)
     ckpt = None
@@ -230,14 +232,17 @@ def train(
     train_set, val_set = data.hold_out(*train_set, ds.val_size, seed=cfg.trainer.seed)
     resize = size if size != spec.size else None
     common = dict(
-        device=device, mean=spec.mean, std=spec.std, normalize=ds.normalize, resize=resize
-    )
+        device=device, mean=spec.mean, std=spec.std, normalize=ds.normalize, resize=resize,
+        channels_last=cfg.trainer.channels_last,
+    )  # fmt: skip
     train_loader = data.DeviceLoader(
         *train_set,
         ds.batch_size,
         shuffle=True,
         seed=cfg.trainer.seed,
         limit_batches=cfg.trainer.limit_train_batches,
+        translate=ds.translate,
+        flip=ds.flip,
         **common,
     )
     test_loader, val_loader = (
@@ -254,6 +259,19 @@ def train(
     model = build_model(cfg, spec, size, device)
     params = sum(p.numel() for p in model.parameters())
     flops = forward_flops(model, (spec.channels, size, size))
+    if cfg.trainer.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    # `forward` runs the model (compiled or not); `model` holds the weights that are saved
+    forward = torch.compile(model) if cfg.trainer.compile else model
+    dtype = PRECISIONS[str(cfg.trainer.precision)]
+    autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+    # float16 gradients underflow without loss scaling; bfloat16 has float32's range
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+
+    def run_eval(loader: data.DeviceLoader):
+        with autocast:
+            return evaluate(forward, loader, len(spec.classes))
+
     with blame("optimizer", cfg.optimizer):
         optimizer = instantiate(cfg.optimizer, _convert_="all")(model.parameters())
     total_steps = max(1, cfg.trainer.epochs * len(train_loader))
@@ -285,6 +303,7 @@ def train(
         checkpoint.load_weights(model, ckpt, resume)
         optimizer.load_state_dict(ckpt["optimizer"])  # moves its state to the parameters' device
         scheduler.load_state_dict(ckpt["scheduler"])
+        scaler.load_state_dict(ckpt["scaler"])
         checkpoint.set_rng_states(ckpt["rng"])
         state.update({k: ckpt[k] for k in state})
         state["sums"] = {k: v.to(device) for k, v in state["sums"].items()}
@@ -309,6 +328,7 @@ def train(
                 "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(),
                 "rng": checkpoint.rng_states(),
                 "epochs_done": epochs_done,
                 "batches_done": batches_done,
@@ -349,10 +369,10 @@ def train(
     try:
         with StopSignals() as stop:
             if cfg.trainer.epochs == 0:  # nothing to train: report what the untrained model does
-                result = evaluate(model, test_loader, len(spec.classes))
+                result = run_eval(test_loader)
                 test_loss, test_acc = result.loss, result.acc
                 if val_loader is not None:
-                    result = evaluate(model, val_loader, len(spec.classes))
+                    result = run_eval(val_loader)
                     val_loss, val_acc = result.loss, result.acc
                     writer.add_scalar("val/acc", val_acc, 0)
                 best_acc = test_acc if val_acc is None else val_acc
@@ -378,12 +398,14 @@ def train(
                     dynamic_ncols=True,
                 )
                 for x, y in bar:
-                    logits = model(x)
-                    loss = loss_fn(logits, y)
+                    with autocast:
+                        logits = forward(x)
+                        loss = loss_fn(logits, y)
                     optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
+                    scaler.scale(loss).backward()
                     lr = optimizer.param_groups[0]["lr"]
-                    optimizer.step()
+                    scaler.step(optimizer)
+                    scaler.update()
                     scheduler.step()
 
                     step += 1
@@ -431,10 +453,10 @@ def train(
                     )
                     break
 
-                result = evaluate(model, test_loader, len(spec.classes))
+                result = run_eval(test_loader)
                 test_loss, test_acc = result.loss, result.acc
                 if val_loader is not None:
-                    result = evaluate(model, val_loader, len(spec.classes))
+                    result = run_eval(val_loader)
                     val_loss, val_acc = result.loss, result.acc
                 tracked = test_acc if val_acc is None else val_acc
                 improved = tracked > best_acc

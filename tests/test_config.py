@@ -233,6 +233,7 @@ def test_the_textbook_recipes_are_there():
         EXPERIMENTS
     )
     assert sum(e.startswith("d2l/") for e in EXPERIMENTS) >= 8
+    assert {"fast_mnist", "fast_fashion"} <= set(EXPERIMENTS)
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
@@ -242,4 +243,5 @@ def test_every_experiment_composes_validates_and_cites_its_source(make_cfg, name
     text = (CONFIG_DIR / "experiment" / f"{name}.yaml").read_text()
     assert text.startswith("# @package _global_\n")
     assert f"# Run with: python -m cnnbench experiment={name}\n" in text
-    assert re.search(r"Reported: [\d.]+%|No accuracy reported|report no accuracy", text)
+    # a textbook recipe cites its figure; cnnbench's own (fast_*) states its target
+    assert re.search(r"Reported: [\d.]+%|No accuracy reported|report no accuracy|Target: >=", text)

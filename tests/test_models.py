@@ -59,6 +59,8 @@ PARAMS = [
     ("resnet18", [], 11_178_378),
     ("resnet_mini", [], 41_514),
     ("densenet", [], 758_226),
+    ("fastnet", [], 145_578),
+    ("fastnet", ["model.widths=[16,32]"], 36_954),
 ]
 
 

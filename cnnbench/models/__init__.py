@@ -3,6 +3,7 @@ the class with `_target_` and holds its remaining keyword arguments."""
 
 from cnnbench.models.alexnet import AlexNet
 from cnnbench.models.densenet import DenseNet
+from cnnbench.models.fast import FastNet
 from cnnbench.models.googlenet import GoogLeNet, GoogLeNetMini
 from cnnbench.models.lenet import LeNet, LeNet5, SimpleCNN
 from cnnbench.models.linear import MLP, Softmax
@@ -15,6 +16,7 @@ __all__ = [
     "VGG",
     "AlexNet",
     "DenseNet",
+    "FastNet",
     "GoogLeNet",
     "GoogLeNetMini",
     "LeNet",

@@ -1,0 +1,179 @@
+"""The fast engine does the same work as a plain loop: its bookkeeping, its switches
+(precision, compile, channels-last) and its on-device augmentation."""
+
+import csv
+import math
+
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from cnnbench import checkpoint, data
+from cnnbench.config import ConfigError, image_size
+from cnnbench.train import Interrupted, build_model, seed_everything, train
+from tests.test_checkpoint import signal_at_step
+
+
+def rows(out) -> list[dict]:
+    with open(out / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_bookkeeping_equals_a_plain_per_step_loop(make_cfg, tmp_path):
+    """The engine keeps its sums on the device and reads them once per epoch; a textbook loop
+    reads every step's loss and correct count with .item(). Both must report the same."""
+    cfg = make_cfg("model=mlp", "optimizer=sgd", "optimizer.lr=0.05", "trainer.epochs=2")
+    train(cfg, tmp_path / "run")
+    logged = rows(tmp_path / "run")
+
+    seed_everything(cfg.trainer.seed)
+    device = torch.device("cpu")
+    spec = data.SPECS[cfg.dataset.name]
+    ds = cfg.dataset
+    train_set = data.load(ds.name, "train", ds.root, ds.download, ds.cache_dir)
+    test_set = data.load(ds.name, "test", ds.root, ds.download, ds.cache_dir)
+    common = dict(device=device, mean=spec.mean, std=spec.std)
+    loader = data.DeviceLoader(*train_set, ds.batch_size, shuffle=True, seed=0, **common)
+    test_loader = data.DeviceLoader(*test_set, cfg.trainer.eval_batch_size, **common)
+    model = build_model(cfg, spec, image_size(cfg), device)
+    optimizer = instantiate(cfg.optimizer)(model.parameters())
+    loss_fn = torch.nn.CrossEntropyLoss()
+    for epoch, row in enumerate(logged, start=1):
+        model.train()
+        loader.set_epoch(epoch)
+        loss_sum, correct, n = 0.0, 0, 0
+        for x, y in loader:
+            logits = model(x)
+            loss = loss_fn(logits, y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.item() * len(y)
+            correct += (logits.argmax(1) == y).sum().item()
+            n += len(y)
+        model.eval()
+        test_loss, test_correct = 0.0, 0
+        with torch.no_grad():
+            for x, y in test_loader:
+                logits = model(x)
+                test_loss += loss_fn(logits, y).item() * len(y)
+                test_correct += (logits.argmax(1) == y).sum().item()
+        assert float(row["train_loss"]) == pytest.approx(loss_sum / n, rel=1e-5)
+        assert float(row["train_acc"]) == correct / n
+        assert float(row["test_loss"]) == pytest.approx(test_loss / test_loader.num_samples, 1e-5)
+        assert float(row["test_acc"]) == test_correct / test_loader.num_samples
+
+
+@pytest.mark.parametrize("precision", ["bf16", "16-mixed"])
+def test_reduced_precision_trains_on_the_cpu(make_cfg, tmp_path, precision):
+    results = train(make_cfg("model=mlp", f"trainer.precision={precision}"), tmp_path)
+    assert results["status"] == "ok"
+    assert math.isfinite(results["train_loss"])
+    assert results["test_acc"] > 0.5
+    scaler = checkpoint.load(tmp_path / "last.pt")["scaler"]
+    # float16 keeps a loss scale (resumed with the run); bfloat16 needs none
+    assert bool(scaler) == (precision == "16-mixed")
+
+
+@pytest.mark.parametrize(
+    "switches", [["trainer.precision=16-mixed"], ["dataset.translate=2", "dataset.flip=true"]]
+)
+def test_a_stopped_run_resumes_exactly_with_loss_scale_and_augmentation(
+    make_cfg, tmp_path, monkeypatch, switches
+):
+    """The loss scale is in the checkpoint; augmentation draws are seeded per batch."""
+    run = ["model=mlp", "trainer.epochs=2", *switches]
+    whole = train(make_cfg(*run), tmp_path / "whole")
+    signal_at_step(monkeypatch, 13)  # mid-epoch 2 (10 batches per epoch)
+    with pytest.raises(Interrupted):
+        train(make_cfg(*run), tmp_path / "stopped")
+    monkeypatch.undo()
+    resumed = train(make_cfg(*run), tmp_path / "stopped", resume=tmp_path / "stopped" / "last.pt")
+    for key in ("train_loss", "test_loss", "test_acc", "steps"):
+        assert resumed[key] == whole[key], key
+
+
+def test_channels_last_computes_the_same(make_cfg, tmp_path):
+    plain = train(make_cfg("model=lenet_bn", "trainer.epochs=1"), tmp_path / "a")
+    nhwc = train(make_cfg("model=lenet_bn", "trainer.epochs=1", "trainer.channels_last=true"),
+                 tmp_path / "b")  # fmt: skip
+    assert nhwc["train_loss"] == pytest.approx(plain["train_loss"], rel=1e-4)
+    assert nhwc["test_acc"] == pytest.approx(plain["test_acc"], abs=0.01)
+
+
+@pytest.mark.slow
+def test_compile_trains_the_same_model_and_saves_plain_weights(make_cfg, tmp_path):
+    overrides = ["model=simple_cnn", "trainer.epochs=1", "trainer.limit_train_batches=4"]
+    plain = train(make_cfg(*overrides), tmp_path / "a")
+    compiled = train(make_cfg(*overrides, "trainer.compile=true"), tmp_path / "b")
+    assert compiled["train_loss"] == pytest.approx(plain["train_loss"], rel=1e-3)
+    assert compiled["test_acc"] == pytest.approx(plain["test_acc"], abs=0.02)
+    # the checkpoint holds the model's own parameter names, not torch.compile's wrapper
+    weights = checkpoint.load(tmp_path / "b" / "last.pt")["model"]
+    assert not any(k.startswith("_orig_mod") for k in weights)
+
+
+def test_unknown_precision_is_a_config_error(make_cfg, tmp_path):
+    with pytest.raises(ConfigError, match=r"trainer.precision='fp8'.*bf16"):
+        train(make_cfg("trainer.precision=fp8"), tmp_path)
+
+
+# ---- augmentation
+
+
+def loader(images, labels, **aug) -> data.DeviceLoader:
+    return data.DeviceLoader(
+        images, labels, 16, torch.device("cpu"), mean=(0.0,), std=(1 / 255,), normalize=True,
+        shuffle=True, seed=3, **aug,
+    )  # fmt: skip
+
+
+def shifted(image: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """`image` moved by (dy, dx) pixels, zero-filled: what a padded random crop gives."""
+    out = torch.zeros_like(image)
+    h, w = image.shape[-2:]
+    out[..., max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)] = image[
+        ..., max(-dy, 0) : h + min(-dy, 0), max(-dx, 0) : w + min(-dx, 0)
+    ]
+    return out
+
+
+@pytest.mark.parametrize("translate, flip", [(2, False), (0, True), (3, True)])
+def test_augmentation_keeps_shapes_and_labels_and_moves_pixels(translate, flip):
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(1, 256, (40, 1, 8, 8), dtype=torch.uint8, generator=g)
+    labels = torch.arange(40) % 10
+    plain, augmented = (
+        loader(images, labels),
+        loader(images, labels, translate=translate, flip=flip),
+    )
+    plain.set_epoch(1)
+    augmented.set_epoch(1)
+    changed = 0
+    for (x, y), (xa, ya) in zip(plain, augmented, strict=True):
+        assert xa.shape == x.shape and xa.dtype == x.dtype
+        assert torch.equal(ya, y)
+        for a, b in zip(x, xa, strict=True):
+            candidates = [
+                shifted(a.flip(-1) if f else a, dy, dx)
+                for f in ([False, True] if flip else [False])
+                for dy in range(-translate, translate + 1)
+                for dx in range(-translate, translate + 1)
+            ]
+            assert any(torch.equal(c, b) for c in candidates)
+            changed += not torch.equal(a, b)
+    assert changed > 10  # many images moved
+
+
+def test_augmentation_is_seeded_by_epoch_and_batch():
+    images = torch.randint(0, 256, (64, 1, 8, 8), dtype=torch.uint8)
+    labels = torch.zeros(64, dtype=torch.long)
+    a = loader(images, labels, translate=2, flip=True)
+
+    def epoch(n: int, start: int = 0) -> list[torch.Tensor]:
+        a.set_epoch(n, start)
+        return [x for x, _ in a]
+
+    assert all(torch.equal(p, q) for p, q in zip(epoch(1), epoch(1), strict=True))
+    assert all(torch.equal(p, q) for p, q in zip(epoch(1)[2:], epoch(1, start=2), strict=True))
+    assert not torch.equal(epoch(1)[0], epoch(2)[0])
