@@ -46,6 +46,8 @@ class Spec:
     torchvision_name: str = ""
 
 
+Split = tuple[torch.Tensor, torch.Tensor]  # uint8 images (N, C, H, W), int64 labels
+
 IDX_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
@@ -302,7 +304,7 @@ def load(
 
 def hold_out(
     images: torch.Tensor, labels: torch.Tensor, size: int, seed: int
-) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor] | None]:
+) -> tuple[Split, Split | None]:
     """Split `size` images off a training split, chosen by a permutation seeded with `seed`:
     (train, validation), or (train, None) when size is 0."""
     if size == 0:

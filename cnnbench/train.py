@@ -107,6 +107,42 @@ def build_model(cfg: DictConfig, spec: data.Spec, size: int, device: torch.devic
     return model
 
 
+def device_loader(
+    cfg: DictConfig, split: data.Split, device: torch.device, train: bool = False
+) -> data.DeviceLoader:
+    """The batches of a split on the device: shuffled and augmented for training; in large
+    batches, in order, for evaluation."""
+    spec, size, ds = data.SPECS[cfg.dataset.name], image_size(cfg), cfg.dataset
+    common = dict(
+        device=device, mean=spec.mean, std=spec.std, normalize=ds.normalize,
+        resize=size if size != spec.size else None, channels_last=cfg.trainer.channels_last,
+    )  # fmt: skip
+    if train:
+        return data.DeviceLoader(
+            *split, ds.batch_size, shuffle=True, seed=cfg.trainer.seed,
+            limit_batches=cfg.trainer.limit_train_batches, translate=ds.translate, flip=ds.flip,
+            **common,
+        )  # fmt: skip
+    return data.DeviceLoader(
+        *split, cfg.trainer.eval_batch_size, limit_batches=cfg.trainer.limit_test_batches, **common
+    )
+
+
+def how_to_run(
+    cfg: DictConfig, model: nn.Module, device: torch.device
+) -> tuple[nn.Module, torch.autocast, torch.amp.GradScaler]:
+    """The trainer's switches: channels-last weights (in place), torch.compile, autocast, and
+    the gradient scaler float16 needs (its gradients underflow; bfloat16 has float32's
+    range). Returns (forward, autocast, scaler)."""
+    if cfg.trainer.channels_last:
+        model.to(memory_format=torch.channels_last)
+    forward = torch.compile(model) if cfg.trainer.compile else model
+    dtype = PRECISIONS[str(cfg.trainer.precision)]
+    autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    return forward, autocast, scaler
+
+
 def run_length_args(node: DictConfig, total_steps: int) -> dict:
     """Schedulers step after every optimizer step. One whose horizon is the whole run (T_max
     of cosine, total_steps of one-cycle) is given the run's length here, unless its YAML
@@ -230,43 +266,16 @@ def train(
         data.load(ds.name, split, ds.root, ds.download, ds.cache_dir) for split in ("train", "test")
     )
     train_set, val_set = data.hold_out(*train_set, ds.val_size, seed=cfg.trainer.seed)
-    resize = size if size != spec.size else None
-    common = dict(
-        device=device, mean=spec.mean, std=spec.std, normalize=ds.normalize, resize=resize,
-        channels_last=cfg.trainer.channels_last,
-    )  # fmt: skip
-    train_loader = data.DeviceLoader(
-        *train_set,
-        ds.batch_size,
-        shuffle=True,
-        seed=cfg.trainer.seed,
-        limit_batches=cfg.trainer.limit_train_batches,
-        translate=ds.translate,
-        flip=ds.flip,
-        **common,
-    )
-    test_loader, val_loader = (
-        data.DeviceLoader(
-            *split, cfg.trainer.eval_batch_size, limit_batches=cfg.trainer.limit_test_batches,
-            **common,
-        )
-        if split is not None
-        else None
-        for split in (test_set, val_set)
-    )  # fmt: skip
+    train_loader = device_loader(cfg, train_set, device, train=True)
+    test_loader = device_loader(cfg, test_set, device)
+    val_loader = device_loader(cfg, val_set, device) if val_set is not None else None
 
     # ---- model, optimizer, schedule
     model = build_model(cfg, spec, size, device)
     params = sum(p.numel() for p in model.parameters())
     flops = forward_flops(model, (spec.channels, size, size))
-    if cfg.trainer.channels_last:
-        model = model.to(memory_format=torch.channels_last)
     # `forward` runs the model (compiled or not); `model` holds the weights that are saved
-    forward = torch.compile(model) if cfg.trainer.compile else model
-    dtype = PRECISIONS[str(cfg.trainer.precision)]
-    autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
-    # float16 gradients underflow without loss scaling; bfloat16 has float32's range
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    forward, autocast, scaler = how_to_run(cfg, model, device)
 
     def run_eval(loader: data.DeviceLoader):
         with autocast:

@@ -1,0 +1,148 @@
+"""python -m cnnbench.bench: what it runs and what it writes (no timing is checked)."""
+
+import json
+
+import pytest
+import torch
+
+from cnnbench import bench, data
+from cnnbench.train import device_loader
+from tests.test_cli import cnnbench
+
+# every record holds these; each a number above zero
+POSITIVE = [
+    "textbook_train_images_per_s",
+    "cnnbench_train_images_per_s",
+    "bare_train_images_per_s",
+    "textbook_eval_images_per_s",
+    "cnnbench_eval_images_per_s",
+    "textbook_epoch_s",
+    "cnnbench_epoch_s",
+    "speedup",
+    "engine_efficiency",
+    "textbook_peak_mib",
+    "cnnbench_peak_mib",
+    "bare_peak_mib",
+    "cnnbench_warmup_s",
+    "train_flops_per_image",
+    "cnnbench_train_flops_per_s",
+    "cnnbench_peak_fraction",
+    "epoch_images",
+    "full_epoch_images",
+]
+
+
+def overrides(data_root, cache_dir) -> list[str]:
+    return [
+        f"dataset.root={data_root}",
+        f"dataset.cache_dir={cache_dir}",
+        "dataset.download=false",
+        "trainer.device=cpu",
+    ]
+
+
+@pytest.mark.slow
+def test_quick_run_prints_a_row_per_model_and_writes_json(tmp_path, data_root, cache_dir):
+    out = tmp_path / "bench.json"
+    proc = cnnbench(
+        "--quick", "--json", str(out), *overrides(data_root, cache_dir),
+        cwd=tmp_path, module="cnnbench.bench",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads(out.read_text())
+    assert results["machine"]["torch_threads"] >= 1
+    assert results["matmul_peak_flops_per_s"] > 0
+    records = results["records"]
+    assert [r["model"] for r in records] == ["lenet5", "lenet"]
+    # lenet5 runs seed 000's recipe: MNIST, SGD lr 0.9, batch 256
+    assert (records[0]["dataset"], records[0]["optimizer"], records[0]["lr"]) == (
+        "mnist",
+        "SGD",
+        0.9,
+    )
+    assert records[0]["batch_size"] == 256
+    for record in records:
+        assert record["image_size"] == 28
+        for key in POSITIVE:
+            assert record[key] > 0, key
+        # the generated training split (600 images) is shorter than 8 batches: nothing to
+        # extrapolate, and every loop saw the same images
+        assert record["epoch_images"] == record["full_epoch_images"] == 600
+        assert not record["epoch_s_extrapolated"]
+    lines = proc.stdout.splitlines()
+    assert any(line.startswith("lenet5 ") for line in lines)
+    assert any(line.startswith("lenet ") for line in lines)
+    assert f"results: {out}" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    "name,extra",
+    [
+        ("lenet", []),
+        ("lenet", ["dataset.normalize=false"]),
+        ("lenet", ["dataset=cifar10"]),
+        ("resnet@96", []),
+    ],
+)
+def test_textbook_dataset_gives_the_engines_tensors(data_root, cache_dir, name, extra):
+    """Both loops feed the model the same numbers: the PIL + ToTensor + Normalize pipeline and
+    the DeviceLoader's on-device transform agree image by image."""
+    cfg = bench.compose_config(bench.case_for(name), [*overrides(data_root, cache_dir), *extra])
+    _, (images, labels) = bench.load_splits(cfg)
+    textbook = bench.TextbookDataset(images, labels, bench.textbook_transform(cfg))
+    loader = device_loader(cfg, (images, labels), torch.device("cpu"))
+    spec = data.SPECS[cfg.dataset.name]
+    # resized, PIL rounds each pixel back to a grey level; the engine keeps floats
+    atol = 1.01 / 255 / min(spec.std) if cfg.dataset.resize else 1e-5
+    for i in (0, 7, len(labels) - 1):
+        x, y = textbook[i]
+        assert y == labels[i]
+        torch.testing.assert_close(x, loader.transform(images[i : i + 1])[0], atol=atol, rtol=0)
+
+
+def test_cases_name_a_model_and_a_size():
+    assert bench.case_for("resnet@96").overrides[:2] == ("model=resnet", "dataset.resize=96")
+    other = bench.case_for("vgg11@64")
+    assert other.overrides == ("model=vgg11", "dataset.resize=64")
+    assert (other.train_batches, other.test_batches) == bench.OTHER_BATCHES
+
+
+@pytest.mark.parametrize(
+    "args,words",
+    [
+        (["trainer.epoch=3"], "trainer.epoch"),
+        (["--models", "nope"], "Could not find 'model/nope'"),
+        (["optimizer.lr=-1"], "optimizer.lr=-1 is not allowed"),
+        (["--models", "alexnet@28"], "AlexNet takes images of at least 67x67"),
+    ],
+)
+def test_bad_input_is_one_message_and_exit_2(capsys, data_root, cache_dir, args, words):
+    with pytest.raises(SystemExit) as exit_:
+        bench.main(["--quick", *overrides(data_root, cache_dir), *args])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("cnnbench.bench: error: ") and words in err
+
+
+def test_missing_data_is_one_message_and_exit_2(capsys, tmp_path, cache_dir):
+    with pytest.raises(SystemExit) as exit_:
+        bench.main(["--quick", *overrides(tmp_path / "empty", cache_dir)])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("cnnbench.bench: error: MNIST (train split) not found")
+
+
+@pytest.mark.slow
+def test_ablation_measures_every_switch_side_by_side(tmp_path, data_root, cache_dir):
+    out = tmp_path / "ablation.json"
+    results = bench.main(
+        ["--ablation", "--quick", "--models", "lenet", "--json", str(out),
+         *overrides(data_root, cache_dir)]
+    )  # fmt: skip
+    rows = json.loads(out.read_text())["ablation"]
+    assert rows == results["ablation"]
+    assert [r["choice"] for r in rows] == ["no .item() per step (bare loop)", *bench.SWITCHES]
+    for r in rows:
+        assert r["model"] == "lenet"
+        assert r["with_images_per_s"] > 0 and r["without_images_per_s"] > 0
+        assert r["ratio"] == pytest.approx(r["with_images_per_s"] / r["without_images_per_s"])
