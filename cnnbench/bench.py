@@ -90,8 +90,8 @@ DEFAULT_CASES = [
     Case("resnet_mini", ("model=resnet_mini",), 100, 4),
     Case("googlenet_mini", ("model=googlenet_mini",), 40, 2),
     Case("resnet", ("model=resnet",), 4, 1),
-    Case("resnet@96", ("model=resnet", "dataset.resize=96", *SMALL_BATCHES), 4, 2),
-    Case("alexnet", ("model=alexnet", *SMALL_BATCHES), 3, 2),
+    Case("resnet@96", ("model=resnet", "dataset.resize=96", *SMALL_BATCHES), 8, 2),
+    Case("alexnet", ("model=alexnet", *SMALL_BATCHES), 8, 2),
 ]
 QUICK_MODELS = "lenet5,lenet"
 ABLATION_MODELS = "lenet5,resnet_mini,resnet@96"
@@ -450,9 +450,12 @@ def run_bare(
 
 # ---------------------------------------------------------------------------- what each choice buys
 
+# the allocator is measured with the defaults and with bfloat16 (which allocates more)
+ALLOCATOR_SWITCHES = ["", "trainer.precision=bf16"]
 SWITCHES = [
     "trainer.channels_last=true",
     "trainer.precision=bf16",
+    "trainer.channels_last=true trainer.precision=bf16",
     "trainer.compile=true",
     "optimizer.fused=true",
 ]
@@ -460,33 +463,49 @@ SWITCHES = [
 
 def ablation(cases: list[Case], overrides: list[str]) -> list[dict]:
     """One row per engine choice and model: images/s without it and with it, side by side.
-    The per-step sync is measured on the bare loop, the switches on the engine itself."""
+    The per-step sync is measured on the bare loop, the rest on the engine itself. The
+    allocator setting (train.keep_freed_memory) lasts for the process: the runs without it
+    come first."""
     rows = []
 
     def row(case: Case, choice: str, without: float, with_: float) -> None:
         rows.append({"model": case.name, "choice": choice, "without_images_per_s": without,
                      "with_images_per_s": with_, "ratio": with_ / without})  # fmt: skip
-        print(f"{case.name:<14}  {choice:<34}  {without:>10,.0f}  {with_:>10,.0f}  "
+        print(f"{case.name:<14}  {choice:<50}  {without:>10,.0f}  {with_:>10,.0f}  "
               f"{with_ / without:>5.2f}x", flush=True)  # fmt: skip
 
-    print(f"{'model':<14}  {'choice':<34}  {'without':>10}  {'with':>10}  ratio")
-    for case in cases:
-        cfg = compose_config(case, overrides)
+    print(f"{'model':<14}  {'choice':<50}  {'without':>10}  {'with':>10}  ratio")
+    configs = [compose_config(case, overrides) for case in cases]
+    untuned = {}
+    os.environ["CNNBENCH_TUNE_MALLOC"] = "0"
+    for case, cfg in zip(cases, configs, strict=True):
+        device, (_, test_set) = resolve_device(cfg.trainer.device), load_splits(cfg)
+        for switch in ALLOCATOR_SWITCHES:
+            switched = compose_config(case, [*overrides, *switch.split()])
+            untuned[case, switch] = run_engine(switched, device, test_set)
+    del os.environ["CNNBENCH_TUNE_MALLOC"]
+    for case, cfg in zip(cases, configs, strict=True):
         device, (train_set, test_set) = resolve_device(cfg.trainer.device), load_splits(cfg)
+        for switch in ALLOCATOR_SWITCHES:
+            switched = compose_config(case, [*overrides, *switch.split()])
+            rate = run_engine(switched, device, test_set)["cnnbench_train_images_per_s"]
+            without = untuned[case, switch]["cnnbench_train_images_per_s"]
+            row(case, f"glibc keeps freed memory ({switch or 'defaults'})", without, rate)
         synced = run_bare(cfg, device, train_set, item_every_step=True)
         free = run_bare(cfg, device, train_set)
         row(case, "no .item() per step (bare loop)", synced["bare_train_images_per_s"],
             free["bare_train_images_per_s"])  # fmt: skip
         base = run_engine(cfg, device, test_set)["cnnbench_train_images_per_s"]
         for switch in SWITCHES:
-            switched = compose_config(case, [*overrides, switch])
+            switched = compose_config(case, [*overrides, *switch.split()])
             rate = run_engine(switched, device, test_set)["cnnbench_train_images_per_s"]
             row(case, switch, base, rate)
     return rows
 
 
-def bench_model(case: Case, cfg: DictConfig, peak_flops: float) -> dict:
-    """One record: the three loops on the same model, batch size, optimizer and data."""
+def bench_model(case: Case, cfg: DictConfig, peak_flops: float, textbook: dict) -> dict:
+    """One record: the three loops on the same model, batch size, optimizer and data (the
+    textbook loop's figures measured beforehand)."""
     device = resolve_device(cfg.trainer.device)
     train_set, test_set = load_splits(cfg)
     record = {
@@ -504,7 +523,7 @@ def bench_model(case: Case, cfg: DictConfig, peak_flops: float) -> dict:
         "device": str(device),
         "memory_source": PeakMemory(device).source,
     }
-    record |= run_textbook(cfg)
+    record |= textbook
     record |= run_engine(cfg, device, test_set)
     record |= run_bare(cfg, device, train_set)
 
@@ -651,10 +670,20 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"results: {out}")
             return {"ablation": rows}
         print(table_line([name for name, _, _ in COLUMNS]), flush=True)
+        # every textbook loop first: on the CPU the engine tunes the process's allocator
+        # (train.keep_freed_memory), which a textbook loop, as users run it, goes without
+        textbook = {}
+        for case, cfg in zip(cases, configs, strict=True):
+            try:
+                textbook[case] = run_textbook(cfg)
+            except torch.OutOfMemoryError as err:
+                textbook[case] = err
         records = []
         for case, cfg in zip(cases, configs, strict=True):
             try:
-                record = bench_model(case, cfg, peak)
+                if isinstance(textbook[case], Exception):
+                    raise textbook[case]
+                record = bench_model(case, cfg, peak, textbook[case])
             except (ModelFailed, torch.OutOfMemoryError) as err:
                 record = {"model": case.name, "error": f"{type(err).__name__}: {err}"}
             records.append(record)

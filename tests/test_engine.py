@@ -2,6 +2,7 @@
 (precision, compile, channels-last) and its on-device augmentation."""
 
 import csv
+import ctypes
 import math
 
 import pytest
@@ -10,7 +11,7 @@ from hydra.utils import instantiate
 
 from cnnbench import checkpoint, data
 from cnnbench.config import ConfigError, image_size
-from cnnbench.train import Interrupted, build_model, seed_everything, train
+from cnnbench.train import Interrupted, build_model, keep_freed_memory, seed_everything, train
 from tests.test_checkpoint import signal_at_step
 
 
@@ -177,3 +178,28 @@ def test_augmentation_is_seeded_by_epoch_and_batch():
     assert all(torch.equal(p, q) for p, q in zip(epoch(1), epoch(1), strict=True))
     assert all(torch.equal(p, q) for p, q in zip(epoch(1)[2:], epoch(1, start=2), strict=True))
     assert not torch.equal(epoch(1)[0], epoch(2)[0])
+
+
+def test_the_allocator_is_tuned_once_asked_and_can_be_left_alone(monkeypatch):
+    calls = []
+
+    class Libc:
+        def mallopt(self, option: int, value: int) -> int:
+            calls.append((option, value))
+            return 1
+
+    monkeypatch.setattr(ctypes, "CDLL", lambda name: Libc())
+    monkeypatch.setenv("CNNBENCH_TUNE_MALLOC", "0")
+    keep_freed_memory()
+    assert calls == []
+    monkeypatch.delenv("CNNBENCH_TUNE_MALLOC")
+    keep_freed_memory()
+    assert calls == [(-1, 2**30), (-3, 2**25)]  # M_TRIM_THRESHOLD, M_MMAP_THRESHOLD
+
+
+def test_without_glibc_the_allocator_is_left_alone(monkeypatch):
+    def no_glibc(name):
+        raise OSError(name)
+
+    monkeypatch.setattr(ctypes, "CDLL", no_glibc)
+    keep_freed_memory()  # nothing to tune, nothing raised
