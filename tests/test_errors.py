@@ -37,6 +37,8 @@ CASES = [
     ("boolean epochs", "trainer.epochs=true"),
     ("negative seed", "trainer.seed=-1"),
     ("label smoothing of 1", "trainer.label_smoothing=1"),
+    ("unknown precision", "trainer.precision=fp8"),
+    ("negative augmentation shift", "dataset.translate=-2"),
     ("scheduler step of 0", "scheduler=step scheduler.step_size=0"),
     ("unknown activation", "model=mlp model.activation=foo"),
     ("device this machine lacks", "trainer.device=cuda:7"),
@@ -70,9 +72,13 @@ def common(tmp: Path) -> list[str]:
             "dataset.download=false", "trainer.device=cpu"]  # fmt: skip
 
 
-def run_case(tmp: Path, args: str) -> tuple[int, str]:
+def run_case(tmp: Path, number: int, args: str) -> tuple[int, str]:
     argv = [*common(tmp), *args.replace("{tmp}", str(tmp)).split()]
-    proc = cnnbench(*argv, cwd=tmp)
+    # each case in a folder of its own: two runs started in the same second would otherwise
+    # share outputs/<date>/<time>, and the second would be refused
+    cwd = tmp / "cases" / str(number)
+    cwd.mkdir(parents=True)
+    proc = cnnbench(*argv, cwd=cwd)
     message = (
         (proc.stderr + proc.stdout).replace(str(tmp), "{tmp}").replace(str(CONFIG_DIR), "{conf}")
     )
@@ -81,7 +87,7 @@ def run_case(tmp: Path, args: str) -> tuple[int, str]:
 
 def table(tmp: Path) -> str:
     with ThreadPoolExecutor(4) as pool:
-        outcomes = list(pool.map(lambda case: run_case(tmp, case[1]), CASES))
+        outcomes = list(pool.map(lambda i: run_case(tmp, i, CASES[i][1]), range(len(CASES))))
     lines = [
         "# Bad input and what cnnbench says",
         "",
