@@ -409,7 +409,7 @@ class DeviceLoader:
         the padded image) and horizontal flips, on the device. The draws come from a
         generator seeded with (seed, epoch, batch): a resumed run augments as the original."""
         g = torch.Generator(self.device)
-        g.manual_seed((self.seed * 1_000_003 + self.epoch) * 100_003 + batch)
+        g.manual_seed(((self.seed * 1_000_003 + self.epoch) * 100_003 + batch) % 2**63)
         n, c, h, w = images.shape
         if self.translate:
             p = self.translate

@@ -178,6 +178,8 @@ def test_augmentation_is_seeded_by_epoch_and_batch():
     assert all(torch.equal(p, q) for p, q in zip(epoch(1), epoch(1), strict=True))
     assert all(torch.equal(p, q) for p, q in zip(epoch(1)[2:], epoch(1, start=2), strict=True))
     assert not torch.equal(epoch(1)[0], epoch(2)[0])
+    a.seed = 2**32 - 1  # the largest trainer.seed: its generator seed must stay in range
+    assert len(epoch(1)) == 4
 
 
 def test_the_allocator_is_tuned_once_asked_and_can_be_left_alone(monkeypatch):
