@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from cnnbench import data
+from cnnbench import data, distributed
 from cnnbench.runs import NOT_IDENTITY, flatten, newest_matching_run
 
 _HERE = Path(__file__).resolve().parent
@@ -49,6 +49,9 @@ def sweep_name(argv: list[str] | None = None) -> str:
     return name
 
 
+OmegaConf.register_new_resolver(
+    "cnnbench.now", lambda pattern: distributed.started().strftime(pattern), use_cache=True
+)
 OmegaConf.register_new_resolver("cnnbench.sweep_name", lambda: sweep_name(), use_cache=True)
 OmegaConf.register_new_resolver("cnnbench.not_identity", lambda: list(NOT_IDENTITY), replace=True)
 

@@ -377,51 +377,59 @@ class DeviceLoader:
         """Draw epoch `epoch`'s order; begin at batch `start` (a run resumed mid-epoch)."""
         self.epoch, self.start = epoch, start
 
-    def _indices(self) -> torch.Tensor:
-        n = len(self.labels)
+    def _order(self) -> torch.Tensor:
         if self.shuffle:
             # drawn on the CPU so that every device (and every rank) sees the same order
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-            order = torch.randperm(n, generator=g)
-        else:
-            order = torch.arange(n)
-        return order[self.rank :: self.world_size].to(self.device)
+            return torch.randperm(len(self.labels), generator=g).to(self.device)
+        return torch.arange(len(self.labels), device=self.device)
 
     @property
     def num_samples(self) -> int:
-        return len(range(self.rank, len(self.labels), self.world_size))
+        """The images of an epoch, over all ranks."""
+        return len(self.labels)
 
     def __len__(self) -> int:
         batches = -(-self.num_samples // self.batch_size)
         return batches if self.limit_batches is None else min(batches, self.limit_batches)
 
+    def batch_len(self, i: int) -> int:
+        """The images in batch `i`, over all ranks; a rank holds about 1/world_size of them."""
+        return min(self.batch_size, self.num_samples - i * self.batch_size)
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        order = self._indices()
+        order = self._order()
         for i in range(self.start, len(self)):
-            idx = order[i * self.batch_size : (i + 1) * self.batch_size]
-            images = self.images[idx]
+            # each batch of the epoch's order is dealt out to the ranks: together they train
+            # on the batch one process would, and no image is seen twice or left out
+            batch = order[i * self.batch_size : (i + 1) * self.batch_size]
+            mine = batch[self.rank :: self.world_size]
+            images = self.images[mine]
             if self.translate or self.flip:
                 images = self.augment(images, batch=i)
-            yield self.transform(images), self.labels[idx]
+            yield self.transform(images), self.labels[mine]
 
     def augment(self, images: torch.Tensor, batch: int) -> torch.Tensor:
         """Random translation by up to `translate` pixels (zero fill, i.e. a random crop of
         the padded image) and horizontal flips, on the device. The draws come from a
-        generator seeded with (seed, epoch, batch): a resumed run augments as the original."""
+        generator seeded with (seed, epoch, batch), one per image of the whole batch: a resumed
+        run augments as the original, and a rank's images as on one process."""
         g = torch.Generator(self.device)
         g.manual_seed(((self.seed * 1_000_003 + self.epoch) * 100_003 + batch) % 2**63)
         n, c, h, w = images.shape
+        mine, size = slice(self.rank, None, self.world_size), self.batch_len(batch)
         if self.translate:
             p = self.translate
             padded = F.pad(images, (p, p, p, p))
-            dy, dx = torch.randint(0, 2 * p + 1, (2, n, 1), generator=g, device=self.device)
+            draws = torch.randint(0, 2 * p + 1, (2, size, 1), generator=g, device=self.device)
+            dy, dx = draws[:, mine]
             rows = (torch.arange(h, device=self.device) + dy)[:, None, :, None]
             cols = (torch.arange(w, device=self.device) + dx)[:, None, None, :]
             n_idx = torch.arange(n, device=self.device)[:, None, None, None]
             c_idx = torch.arange(c, device=self.device)[None, :, None, None]
             images = padded[n_idx, c_idx, rows, cols]
         if self.flip:
-            flipped = torch.rand(n, 1, 1, 1, generator=g, device=self.device) < 0.5
+            flipped = torch.rand(size, 1, 1, 1, generator=g, device=self.device)[mine] < 0.5
             images = torch.where(flipped, images.flip(3), images)
         return images
 

@@ -23,7 +23,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
-from cnnbench import checkpoint, data
+from cnnbench import checkpoint, data, distributed
 from cnnbench.config import ConfigError, image_size, resolve_device, validate
 
 
@@ -38,18 +38,18 @@ class Evaluation:
 
 @torch.inference_mode()
 def evaluate(model: nn.Module, loader: data.DeviceLoader, num_classes: int) -> Evaluation:
-    """Loss, accuracy and confusion matrix over every batch the loader yields. The sums stay
-    on the device until the end."""
+    """Loss, accuracy and confusion matrix over every batch the loader yields, over all ranks of
+    a distributed run (each evaluates its shard). The sums stay on the device until the end."""
     model.eval()
     loss_sum = torch.zeros((), device=loader.device)
     confusion = torch.zeros(num_classes * num_classes, device=loader.device, dtype=torch.long)
-    n = 0
     for x, y in loader:
         logits = model(x)
         loss_sum += F.cross_entropy(logits, y, reduction="sum")
         confusion += torch.bincount(y * num_classes + logits.argmax(1), minlength=len(confusion))
-        n += len(y)
+    loss_sum, confusion = distributed.total(loss_sum), distributed.total(confusion)
     confusion = confusion.view(num_classes, num_classes).cpu()
+    n = confusion.sum().item()
     return Evaluation(loss_sum.item() / n, confusion.diag().sum().item() / n, confusion)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import ctypes
 import inspect
+import itertools
 import json
 import logging
 import math
@@ -36,11 +37,12 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 from tqdm import tqdm
 
-from cnnbench import __version__, checkpoint, data
+from cnnbench import __version__, checkpoint, data, distributed
 from cnnbench.config import (
     CONFIG_DIR,
     MODEL_INPUT_KEYS,
@@ -134,6 +136,7 @@ def device_loader(
     common = dict(
         device=device, mean=spec.mean, std=spec.std, normalize=ds.normalize,
         resize=size if size != spec.size else None, channels_last=cfg.trainer.channels_last,
+        rank=distributed.rank(), world_size=distributed.world_size(),
     )  # fmt: skip
     if train:
         return data.DeviceLoader(
@@ -149,12 +152,17 @@ def device_loader(
 def how_to_run(
     cfg: DictConfig, model: nn.Module, device: torch.device
 ) -> tuple[nn.Module, torch.autocast, torch.amp.GradScaler]:
-    """The trainer's switches: channels-last weights (in place), torch.compile, autocast, and
-    the gradient scaler float16 needs (its gradients underflow; bfloat16 has float32's
-    range). Returns (forward, autocast, scaler)."""
+    """The trainer's switches: channels-last weights (in place), DistributedDataParallel under
+    torchrun, torch.compile, autocast, and the gradient scaler float16 needs (its gradients
+    underflow; bfloat16 has float32's range). Returns (forward, autocast, scaler)."""
     if cfg.trainer.channels_last:
         model.to(memory_format=torch.channels_last)
-    forward = torch.compile(model) if cfg.trainer.compile else model
+    forward = model
+    if distributed.world_size() > 1:  # all-reduces the gradients during backward
+        forward = DistributedDataParallel(
+            model, device_ids=[device] if device.type == "cuda" else None
+        )
+    forward = torch.compile(forward) if cfg.trainer.compile else forward
     dtype = PRECISIONS[str(cfg.trainer.precision)]
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
@@ -185,6 +193,16 @@ def hparams_summaries(cfg: DictConfig) -> tuple:
     return session_start, session_end
 
 
+class Discard:
+    """The TensorBoard writer of the ranks other than 0: takes any call, keeps nothing."""
+
+    def __getattr__(self, name: str) -> Discard:
+        return self
+
+    def __call__(self, *args, **kwargs) -> Discard:
+        return self
+
+
 class Interrupted(Exception):
     """A SIGINT or SIGTERM stopped the run after a step; a checkpoint holds its state."""
 
@@ -202,12 +220,19 @@ class StopSignals:
         self._previous: dict = {}
 
     def _handle(self, signum: int, frame) -> None:
-        if self.received is not None:
+        # torchrun passes a signal on to its processes, which the terminal has sent them too:
+        # there the second one is ignored, and torchrun kills them 30 s after the first
+        if self.received is not None and distributed.world_size() == 1:
             raise KeyboardInterrupt
         self.received = signum
+        at_once = (
+            "press Ctrl-C again to stop at once"
+            if distributed.world_size() == 1
+            else "torchrun kills the processes 30 s after the signal"
+        )
         log.warning(
             f"{signal.Signals(signum).name}: stopping after this step and saving a checkpoint "
-            "(press Ctrl-C again to stop at once)"
+            f"({at_once})"
         )
 
     def __enter__(self) -> StopSignals:
@@ -264,6 +289,16 @@ def train(
     start = time.perf_counter()
     validate(cfg)
     device = resolve_device(cfg.trainer.device)
+    rank, world_size = distributed.rank(), distributed.world_size()
+    main_rank = rank == 0  # writes the files and the progress bar
+    if world_size > 1 and device.type == "cuda":
+        if device.index is not None:
+            raise ConfigError(
+                f"trainer.device={cfg.trainer.device}: under torchrun each process takes the GPU "
+                "of its LOCAL_RANK. Use trainer.device=cuda (or auto) and choose the GPUs with "
+                "CUDA_VISIBLE_DEVICES"
+            )
+        device = torch.device("cuda", distributed.local_rank())
     if device.type == "cuda":  # the fastest convolution algorithms for these fixed shapes
         torch.backends.cudnn.benchmark = True
     else:
@@ -278,14 +313,20 @@ def train(
             ckpt, resume, resolved["model"], spec.channels, len(spec.classes), size
         )
         checkpoint.check_same_run(ckpt["config"], resume, resolved)
-    restarted = claim(out_dir, restart) if ckpt is None else False
+    restarted = False
+    if ckpt is None:
+        restarted = distributed.main_first(lambda: claim(out_dir, restart), others=False)
     seed_everything(cfg.trainer.seed)
 
-    # ---- data: decoded once (cached on disk), moved to the device once
+    # ---- data: decoded once (cached on disk; by rank 0 first), moved to the device once
     ds = cfg.dataset
-    train_set, test_set = (
-        data.load(ds.name, split, ds.root, ds.download, ds.cache_dir) for split in ("train", "test")
-    )
+
+    def load(split: str) -> data.Split:
+        return distributed.main_first(
+            lambda: data.load(ds.name, split, ds.root, ds.download, ds.cache_dir)
+        )
+
+    train_set, test_set = load("train"), load("test")
     train_set, val_set = data.hold_out(*train_set, ds.val_size, seed=cfg.trainer.seed)
     train_loader = device_loader(cfg, train_set, device, train=True)
     test_loader = device_loader(cfg, test_set, device)
@@ -299,6 +340,7 @@ def train(
     forward, autocast, scaler = how_to_run(cfg, model, device)
 
     def run_eval(loader: data.DeviceLoader):
+        distributed.broadcast_buffers(model)  # every rank evaluates the model rank 0 saves
         with autocast:
             return evaluate(forward, loader, len(spec.classes))
 
@@ -316,6 +358,24 @@ def train(
         f"{test_loader.num_samples} test images at {size}x{size}), {params:,} parameters, "
         f"device {device}"
     )
+    if world_size > 1:
+        # dataset.batch_size is the global batch: the run optimises as on one process
+        n = train_loader.num_samples
+        if min(ds.batch_size, train_loader.batch_len(len(train_loader) - 1)) < world_size:
+            fits = next(
+                b
+                for b in itertools.count(max(ds.batch_size, world_size))
+                if n % b == 0 or n % b >= world_size
+            )
+            raise ConfigError(
+                f"dataset.batch_size={ds.batch_size}: each batch is shared by the {world_size} "
+                f"processes, but with {n} training images one batch of the epoch would leave a "
+                f"process none. Choose another batch size, e.g. dataset.batch_size={fits}"
+            )
+        log.info(
+            f"data parallel over {world_size} processes ({distributed.backend()}): batch size "
+            f"{ds.batch_size} in all, about {ds.batch_size // world_size} per process"
+        )
 
     # ---- where the run stands: fresh, or as its checkpoint left it
     # the sums of the epoch in progress stay on the device: reading one forces a host sync,
@@ -337,7 +397,10 @@ def train(
         checkpoint.set_rng_states(ckpt["rng"])
         state.update({k: ckpt[k] for k in state})
         state["sums"] = {k: v.to(device) for k, v in state["sums"].items()}
-        keep_rows_up_to(out_dir / "metrics.csv", state["epochs_done"])
+        if not main_rank:  # the epoch's sums so far are over all ranks: rank 0 carries them on
+            state.update(seen=0, sums={k: torch.zeros_like(v) for k, v in zeros.items()})
+        if main_rank:
+            keep_rows_up_to(out_dir / "metrics.csv", state["epochs_done"])
         log.info(
             f"resuming {resume} at step {state['step']} (epoch {state['epochs_done'] + 1}, "
             f"batch {state['batches_done']})"
@@ -345,8 +408,12 @@ def train(
     step, best_acc, best_epoch, history = (
         state["step"], state["best_acc"], state["best_epoch"], state["history"]
     )  # fmt: skip
+    if rank > 0:  # the same weights everywhere (DDP checks), but each rank its own dropout
+        torch.manual_seed(cfg.trainer.seed * 1_000_003 + rank * 100_003 + step)
 
     def save(path: Path, epochs_done: int, batches_done: int, **progress) -> None:
+        if not main_rank:
+            return
         checkpoint.atomic_save(
             {
                 "format": checkpoint.FORMAT,
@@ -373,13 +440,15 @@ def train(
         )
 
     # ---- logging; a resumed run first drops the points logged after its checkpoint
+    # (only rank 0 writes: the other ranks' writer and metrics.csv discard what they are given)
     purge = step + 1 if ckpt else (0 if restarted else None)
-    writer = SummaryWriter(log_dir=str(out_dir), purge_step=purge)
+    writer = SummaryWriter(log_dir=str(out_dir), purge_step=purge) if main_rank else Discard()
     session_start, session_end = hparams_summaries(cfg)
     if ckpt is None:
         writer.add_text("config", "    " + OmegaConf.to_yaml(cfg).replace("\n", "\n    "))
         writer.file_writer.add_summary(session_start)
-    csv_file = open(out_dir / "metrics.csv", "a" if ckpt else "w", newline="")  # noqa: SIM115
+    csv_path = out_dir / "metrics.csv" if main_rank else os.devnull
+    csv_file = open(csv_path, "a" if ckpt else "w", newline="")  # noqa: SIM115
     metrics_csv = csv.DictWriter(csv_file, fieldnames=CSV_FIELDS)
     if ckpt is None:
         metrics_csv.writeheader()
@@ -424,15 +493,18 @@ def train(
                     initial=batch,
                     total=len(train_loader),
                     leave=False,
-                    disable=None,
+                    disable=None if main_rank else True,
                     dynamic_ncols=True,
                 )
                 for x, y in bar:
                     with autocast:
                         logits = forward(x)
                         loss = loss_fn(logits, y)
+                    # this rank's part of the global batch's mean loss (all of it on one process);
+                    # DDP averages the ranks' gradients, hence the factor world_size
+                    share = loss * (len(y) / train_loader.batch_len(batch))
                     optimizer.zero_grad(set_to_none=True)
-                    scaler.scale(loss).backward()
+                    scaler.scale(share * world_size).backward()
                     lr = optimizer.param_groups[0]["lr"]
                     scaler.step(optimizer)
                     scaler.update()
@@ -443,34 +515,37 @@ def train(
                     seen += len(y)
                     epoch_loss += loss.detach() * len(y)
                     epoch_correct += (logits.detach().argmax(1) == y).sum()
-                    window_loss += loss.detach()
+                    window_loss += share.detach()
                     window_steps += 1
                     if step % cfg.trainer.log_every_n_steps == 0:
-                        mean_loss = window_loss.item() / window_steps
+                        mean_loss = distributed.total(window_loss).item() / window_steps
                         if not math.isfinite(mean_loss):
                             diverged_at = step
                             break
                         writer.add_scalar("train/loss", mean_loss, step)
                         writer.add_scalar("lr", lr, step)
-                        rate = seen / (elapsed + time.perf_counter() - tic)
+                        rate = seen * world_size / (elapsed + time.perf_counter() - tic)
                         bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{rate:,.0f}")
                         window_loss.zero_()
                         window_steps = 0
-                    if stop.received is not None and batch < len(train_loader):
+                    if batch < len(train_loader) and distributed.anyone(stop.received is not None):
                         # mid-epoch: the checkpoint also holds the epoch's sums so far
+                        sums = dict(loss=epoch_loss, correct=epoch_correct, window=window_loss)
                         save(
                             out_dir / "last.pt",
                             epoch - 1,
                             batch,
-                            seen=seen,
+                            seen=int(distributed.total(torch.tensor(seen))),
                             window_steps=window_steps,
                             elapsed_s=elapsed + time.perf_counter() - tic,
-                            sums=dict(loss=epoch_loss, correct=epoch_correct, window=window_loss),
+                            sums={k: distributed.total(v) for k, v in sums.items()},
                         )
-                        raise Interrupted(stop.received, out_dir / "last.pt")
+                        raise Interrupted(stop.received or signal.SIGTERM, out_dir / "last.pt")
                 bar.close()
-                train_loss = epoch_loss.item() / max(seen, 1)
-                train_acc = epoch_correct.item() / max(seen, 1)
+                # over all ranks
+                seen = int(distributed.total(torch.tensor(seen)))
+                train_loss = distributed.total(epoch_loss).item() / max(seen, 1)
+                train_acc = distributed.total(epoch_correct).item() / max(seen, 1)
                 epoch_s = elapsed + time.perf_counter() - tic  # after .item(): the device is done
                 if diverged_at is None and not math.isfinite(train_loss):
                     diverged_at = step
@@ -515,16 +590,20 @@ def train(
                     f"{train_acc:.4f} | test loss {test_loss:.4f} acc {test_acc:.4f} | lr "
                     f"{lr:.3g} | {epoch_s:.1f} s, {seen / epoch_s:,.0f} img/s"
                 )
-                if stop.received is not None and epoch < cfg.trainer.epochs:
-                    raise Interrupted(stop.received, out_dir / "last.pt")
+                if epoch < cfg.trainer.epochs and distributed.anyone(stop.received is not None):
+                    raise Interrupted(stop.received or signal.SIGTERM, out_dir / "last.pt")
 
         if window_steps and status == "ok":  # steps since the last point: short runs get one
-            writer.add_scalar("train/loss", window_loss.item() / window_steps, step)
+            writer.add_scalar(
+                "train/loss", distributed.total(window_loss).item() / window_steps, step
+            )
             writer.add_scalar("lr", lr, step)
         if status == "ok":
             writer.file_writer.add_summary(session_end)  # the HParams tab shows it finished
     except BaseException as err:
         # a crash or a stop still leaves a results.json that says what happened
+        if not main_rank:
+            raise
         write_json(
             out_dir / "results.json",
             {
@@ -575,14 +654,34 @@ def train(
         "wall_s": state["wall_s"] + time.perf_counter() - start,
         "resumed": ckpt is not None,
         "device": str(device),
+        "world_size": world_size,
         "torch_version": torch.__version__,
         "cnnbench_version": __version__,
         "python_version": platform.python_version(),
         "run_dir": str(out_dir),
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
-    write_json(out_dir / "results.json", results)
+    if main_rank:
+        write_json(out_dir / "results.json", results)
     return results
+
+
+def tell(*args, **kwargs) -> None:
+    """print() on rank 0 only: the other processes of a distributed run would say the same."""
+    if distributed.is_main():
+        print(*args, **kwargs)
+
+
+def launcher() -> list[str]:
+    """How this process was started: python -m, or torchrun with as many processes."""
+    if distributed.world_size() == 1:
+        return ["python", "-m"]
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", distributed.world_size()))
+    nodes = distributed.world_size() // per_node
+    if nodes == 1:
+        return ["torchrun", f"--nproc_per_node={per_node}", "-m"]
+    # several hosts: the rendezvous options of the first start are needed again
+    return ["torchrun", f"--nnodes={nodes}", f"--nproc_per_node={per_node}", "<rdzv options>", "-m"]
 
 
 def resume_command(out_dir: Path, sweep: bool) -> str:
@@ -592,8 +691,8 @@ def resume_command(out_dir: Path, sweep: bool) -> str:
     flags = [a for a in sys.argv[1:] if a.startswith(("--config", "-cp", "-cn", "-cd"))]
     overrides = flags + overrides
     if sweep:  # the sweep's own command line: every job of it goes on where it stopped
-        return shlex.join(["python", "-m", "cnnbench", *sys.argv[1:]])
-    return shlex.join(["python", "-m", "cnnbench", *overrides, f"trainer.resume={out_dir}"])
+        return shlex.join([*launcher(), "cnnbench", *sys.argv[1:]])
+    return shlex.join([*launcher(), "cnnbench", *overrides, f"trainer.resume={out_dir}"])
 
 
 def checkpoint_to_resume(setting: str | None, out_dir: Path) -> Path | None:
@@ -637,7 +736,7 @@ def hydra_main(cfg: DictConfig) -> float:
     sweep = hydra_cfg.mode == RunMode.MULTIRUN
     searching = "optuna" in str(hydra_cfg.sweeper.get("_target_", "")).lower()
     if searching and not cfg.dataset.val_size:  # the same for every trial: the search stops
-        print(
+        tell(
             "cnnbench: error: a hyperparameter search needs a validation split, so that it never "
             "tunes on the test set: set dataset.val_size, e.g. dataset.val_size=10000",
             file=sys.stderr,
@@ -652,19 +751,19 @@ def hydra_main(cfg: DictConfig) -> float:
             checkpoint.check_same_run(
                 results["config"], out_dir, OmegaConf.to_container(cfg, resolve=True)
             )
-            print(f"already finished: test accuracy {results['test_acc']:.4f} - {out_dir}")
+            tell(f"already finished: test accuracy {results['test_acc']:.4f} - {out_dir}")
             return score(results)
         results = train(cfg, out_dir, resume, restart=sweep)
     except Interrupted as stop:
         if searching:  # a new search draws new trials: this one is not picked up again
-            print(
+            tell(
                 f"cnnbench: {stop}; trial {hydra_cfg.job.num} is abandoned (its checkpoint is "
                 f"{stop.checkpoint}). Running the same command again adds new trials to the "
                 "study.",
                 file=sys.stderr,
             )
         else:
-            print(
+            tell(
                 f"cnnbench: {stop}; checkpoint saved to {stop.checkpoint}. Resume with:\n"
                 f"  {resume_command(out_dir, sweep)}",
                 file=sys.stderr,
@@ -673,20 +772,20 @@ def hydra_main(cfg: DictConfig) -> float:
     except KeyboardInterrupt:
         last = out_dir / "last.pt"
         kept = f"the last checkpoint is {last}" if last.exists() else "no checkpoint was saved yet"
-        print(f"cnnbench: stopped at once; {kept}", file=sys.stderr)
+        tell(f"cnnbench: stopped at once; {kept}", file=sys.stderr)
         sys.exit(130)
     except Exception as err:
         known = isinstance(err, ConfigError | data.DataError | checkpoint.CheckpointError | OSError)
         if os.environ.get("HYDRA_FULL_ERROR") == "1" or not (known or sweep):
             raise
-        print(f"cnnbench: error: {err}", file=sys.stderr)
+        tell(f"cnnbench: error: {err}", file=sys.stderr)
         if not sweep:
             sys.exit(2)
         # in a sweep the job is recorded (train() has done so if it got that far) and the
         # others go on
         if not known:
             log.exception(f"job {hydra_cfg.job.num} failed")
-        if not finished_with(out_dir, "error"):
+        if distributed.is_main() and not finished_with(out_dir, "error"):
             write_json(
                 out_dir / "results.json",
                 {
@@ -698,11 +797,11 @@ def hydra_main(cfg: DictConfig) -> float:
             )
         return score({})
     if results["status"] != "ok":
-        print(f"cnnbench: run {results['status']} - {out_dir}", file=sys.stderr)
+        tell(f"cnnbench: run {results['status']} - {out_dir}", file=sys.stderr)
         if not sweep:
             sys.exit(1)
         return score(results)
-    print(
+    tell(
         f"test accuracy {results['test_acc']:.4f} (best {results['best_test_acc']:.4f}, "
         f"epoch {results['best_epoch']}) - {out_dir}"
     )
@@ -711,7 +810,9 @@ def hydra_main(cfg: DictConfig) -> float:
 
 def main() -> None:
     """The console entry point. A run or sweep directory given on the command line is checked
-    first: Hydra creates it before any of cnnbench's code runs."""
+    first: Hydra creates it before any of cnnbench's code runs. Under torchrun, the processes
+    then join up (so that they agree on the run directory), and only rank 0 writes Hydra's
+    files and logs."""
     try:
         overrides = OverridesParser.create().parse_overrides(
             [a for a in sys.argv[1:] if not a.startswith("-")]
@@ -731,9 +832,15 @@ def main() -> None:
                 if claimed:
                     claim(Path(value).expanduser(), restart=False)
             except ConfigError as err:
-                print(f"cnnbench: error: {err}", file=sys.stderr)
+                tell(f"cnnbench: error: {err}", file=sys.stderr)
                 sys.exit(2)
-    hydra_main()
+    distributed.init()
+    if not distributed.is_main():
+        sys.argv += ["hydra.output_subdir=null", "hydra/job_logging=disabled"]
+    try:
+        hydra_main()
+    finally:
+        distributed.close()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,215 @@
+"""Data-parallel runs: how the ranks share the data (in one process), and real 2-process gloo
+runs started by torchrun on generated data, compared with one process."""
+
+import csv
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from omegaconf import OmegaConf
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from cnnbench import data, distributed
+from cnnbench.data import DataError
+from cnnbench.eval import evaluate
+from cnnbench.train import build_model, device_loader
+from tests.conftest import small_overrides
+from tests.test_cli import cnnbench, env
+from tests.test_interrupts import wait_for_epochs
+
+
+def loader(rank: int, world_size: int, **kwargs) -> data.DeviceLoader:
+    images = torch.arange(103 * 4, dtype=torch.uint8).view(103, 1, 2, 2)
+    labels = torch.arange(103)
+    return data.DeviceLoader(
+        images, labels, 10, torch.device("cpu"), mean=(0.0,), std=(1.0,), normalize=False,
+        shuffle=True, seed=3, rank=rank, world_size=world_size, **kwargs,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_the_ranks_deal_out_each_batch_of_the_epoch(world_size):
+    one = loader(0, 1)
+    ranks = [loader(r, world_size) for r in range(world_size)]
+    for epoch in (1, 2):
+        for each in [one, *ranks]:
+            each.set_epoch(epoch)
+        assert len({len(r) for r in ranks}) == 1 and len(ranks[0]) == len(one) == 11
+        seen = []
+        for (_, whole), *shards in zip(one, *ranks, strict=True):
+            labels = [y for _, y in shards]
+            together = torch.cat(labels)
+            # the ranks share exactly the batch one process would train on, without overlap
+            assert sorted(together.tolist()) == sorted(whole.tolist())
+            assert all(abs(len(y) - len(whole) / world_size) < 1 for y in labels)
+            seen += together.tolist()
+        assert sorted(seen) == list(range(103))  # the whole epoch, nothing twice
+
+
+def test_a_rank_augments_its_images_as_one_process_would():
+    one = loader(0, 1, translate=1, flip=True)
+    ranks = [loader(r, 2, translate=1, flip=True) for r in range(2)]
+    for (x, _), (x0, _), (x1, _) in zip(one, *ranks, strict=True):
+        assert torch.equal(x[0::2], x0) and torch.equal(x[1::2], x1)
+
+
+def _in_group(rank: int, world_size: int, init: str, test: str) -> None:
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world_size)
+    try:
+        if test == "main_first":
+            calls = []
+
+            def fail_on_rank_zero():
+                calls.append(rank)
+                raise DataError("the files are broken")
+
+            with pytest.raises(DataError, match="the files are broken"):
+                distributed.main_first(fail_on_rank_zero)
+            assert calls == ([0] if rank == 0 else [])  # the others did not try
+            assert distributed.main_first(lambda: rank, others=False) == (0 if rank == 0 else None)
+        else:  # evaluate: each rank its shard, the result over all of them
+            torch.manual_seed(0)
+            images = torch.randint(0, 256, (50, 1, 28, 28), dtype=torch.uint8)
+            labels = torch.randint(0, 10, (50,))
+            model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))
+            make = lambda r, w: data.DeviceLoader(  # noqa: E731
+                images, labels, 8, torch.device("cpu"), mean=(0.5,), std=(0.5,),
+                rank=r, world_size=w,
+            )  # fmt: skip
+            mine = evaluate(model, make(rank, world_size), 10)
+            dist.destroy_process_group()
+            whole = evaluate(model, make(0, 1), 10)
+            assert torch.equal(mine.confusion, whole.confusion) and mine.acc == whole.acc
+            assert mine.loss == pytest.approx(whole.loss, rel=1e-6)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("test", ["main_first", "evaluate"])
+def test_in_a_real_process_group(tmp_path, test):
+    mp.spawn(_in_group, args=(2, f"file://{tmp_path / 'store'}", test), nprocs=2)
+
+
+# ---------------------------------------------------------------- torchrun, 2 processes
+
+RUN = ["model=lenet5", "dataset.batch_size=32", "trainer.epochs=5", "dataset.translate=1",
+       "optimizer.lr=0.001"]  # fmt: skip
+
+
+def torchrun(*args: str, cwd: Path, nproc: int = 2, **popen) -> subprocess.Popen:
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc_per_node={nproc}", "-m", "cnnbench", *args]  # fmt: skip
+    return subprocess.Popen(command, cwd=cwd, env=env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **popen)  # fmt: skip
+
+
+def results(run_dir: Path) -> dict:
+    return json.loads((run_dir / "results.json").read_text())
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    with open(run_dir / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, data_root):
+    """The same run on one process and (torchrun) on two: (one, two) run directories."""
+    tmp = tmp_path_factory.mktemp("ddp")
+    args = [*small_overrides(data_root, tmp / "cache"), *RUN]
+    one = cnnbench(*args, f"hydra.run.dir={tmp / 'one'}", cwd=tmp)
+    assert one.returncode == 0, one.stderr
+    two = torchrun(*args, f"hydra.run.dir={tmp / 'two'}", cwd=tmp)
+    out, err = two.communicate(timeout=300)
+    assert two.returncode == 0, err
+    return tmp / "one", tmp / "two", out, err
+
+
+@pytest.mark.slow
+def test_two_processes_train_as_one_with_the_same_global_batch(runs):
+    one, two, _, _ = runs
+    a, b = results(one), results(two)
+    assert (a["world_size"], b["world_size"]) == (1, 2)
+    assert a["steps"] == b["steps"] == 5 * 19  # 600 images in batches of 32, over both
+    # LeNet-5 has no BatchNorm or dropout: only the order of float sums differs
+    for row_a, row_b in zip(metrics(one), metrics(two), strict=True):
+        assert float(row_b["test_acc"]) == pytest.approx(float(row_a["test_acc"]), abs=0.02)
+        assert float(row_b["train_loss"]) == pytest.approx(float(row_a["train_loss"]), rel=0.02)
+    assert float(metrics(two)[0]["test_acc"]) < 0.9 < b["test_acc"]  # it learned
+
+
+@pytest.mark.slow
+def test_only_rank_zero_writes_and_the_logged_metrics_are_global(runs, data_root, tmp_path):
+    _, two, out, _ = runs
+    assert out.count("test accuracy") == 1
+    assert out.count("data parallel over 2 processes (gloo): batch size 32 in all") == 1
+    assert len(list(two.glob("events.out.tfevents.*"))) == 1
+    assert (two / "train.log").read_text().count("epoch 5/5") == 1
+    assert [int(row["epoch"]) for row in metrics(two)] == [1, 2, 3, 4, 5]
+    steps = [e.step for e in EventAccumulator(str(two)).Reload().Scalars("test/acc")]
+    assert steps == [19 * e for e in range(1, 6)]
+    # the logged test accuracy is over the whole test split, as one process measures it
+    ckpt = torch.load(two / "last.pt", weights_only=True)
+    spec = data.SPECS["fashion_mnist"]
+    cfg = OmegaConf.create(ckpt["config"])
+    model = build_model(cfg, spec, 28, torch.device("cpu"))
+    model.load_state_dict(ckpt["model"])
+    test_set = data.load("fashion_mnist", "test", data_root, False, tmp_path / "cache")
+    assert (
+        evaluate(model, device_loader(cfg, test_set, torch.device("cpu")), 10).acc
+        == (results(two)["test_acc"])
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["torchrun", "one process"])
+def test_a_stopped_run_resumes_with_any_number_of_processes(runs, data_root, tmp_path, how):
+    _, reference, _, _ = runs
+    run_dir = tmp_path / "run"
+    args = [*small_overrides(data_root, tmp_path / "cache"), *RUN, f"hydra.run.dir={run_dir}"]
+    proc = torchrun(*args, cwd=tmp_path, start_new_session=True)
+    wait_for_epochs(run_dir, 1, proc)
+    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in a terminal: torchrun and both ranks get it
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0
+    assert err.count("stopped by SIGINT") == 1, err
+    assert results(run_dir)["status"] == "interrupted"
+    command = shlex.split(err.split("Resume with:\n", 1)[1].strip().splitlines()[0])
+    assert command[:3] == ["torchrun", "--nproc_per_node=2", "-m"], command
+    assert f"trainer.resume={run_dir}" in command
+    if how == "torchrun":
+        resumed = torchrun(*command[4:], cwd=tmp_path)
+    else:  # the global batch stays the same, so may the number of processes change
+        resumed = subprocess.Popen([sys.executable, "-m", *command[3:]], cwd=tmp_path,
+                                   env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   text=True)  # fmt: skip
+    _, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err
+    got, want = results(run_dir), results(reference)
+    assert got["epochs_done"] == 5 and got["steps"] == want["steps"] and got["resumed"]
+    if how == "torchrun":  # the same processes again: the run never stopped, to the bit
+        for key in ("test_acc", "test_loss", "train_loss", "train_acc"):
+            assert got[key] == want[key], key
+    else:
+        assert got["test_acc"] == pytest.approx(want["test_acc"], abs=0.02)
+    assert [int(row["epoch"]) for row in metrics(run_dir)] == [1, 2, 3, 4, 5]
+
+
+@pytest.mark.slow
+def test_a_batch_the_processes_cannot_share_is_refused_once(data_root, tmp_path):
+    # 600 training images in batches of 599 leave one image for the last batch
+    args = [*small_overrides(data_root, tmp_path / "cache"), "dataset.batch_size=599"]
+    proc = torchrun(*args, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode != 0
+    assert err.count("cnnbench: error: dataset.batch_size=599: each batch is shared") == 1, err
+    assert "dataset.batch_size=600" in err
