@@ -14,6 +14,7 @@ import argparse
 import csv
 import json
 import math
+import os
 import shlex
 import shutil
 import sys
@@ -234,6 +235,8 @@ class WriteBestRun(Callback):
     reruns it."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        if os.environ.get("RANK", "0") != "0":  # a sweep under torchrun: rank 0 writes
+            return
         sweep_dir = Path(config.hydra.sweep.dir)
         try:
             runs = find_runs([sweep_dir])

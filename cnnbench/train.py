@@ -836,7 +836,8 @@ def main() -> None:
                 sys.exit(2)
     distributed.init()
     if not distributed.is_main():
-        sys.argv += ["hydra.output_subdir=null", "hydra/job_logging=disabled"]
+        quiet = ["hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
+        sys.argv += ["hydra.output_subdir=null", *quiet]
     try:
         hydra_main()
     finally:

@@ -213,3 +213,16 @@ def test_a_batch_the_processes_cannot_share_is_refused_once(data_root, tmp_path)
     assert proc.returncode != 0
     assert err.count("cnnbench: error: dataset.batch_size=599: each batch is shared") == 1, err
     assert "dataset.batch_size=600" in err
+
+
+@pytest.mark.slow
+def test_a_sweep_under_torchrun_runs_each_job_on_both_processes(data_root, tmp_path):
+    args = [*small_overrides(data_root, tmp_path / "cache"), "model=lenet5", "trainer.epochs=1"]
+    proc = torchrun("-m", "optimizer.lr=0.001,0.003", *args, cwd=tmp_path)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert out.count("2 runs (2 ok)") == 1 and out.count("#1 : optimizer.lr=0.003") == 1, out
+    [sweep] = (tmp_path / "outputs" / "multirun").iterdir()
+    jobs = sorted(sweep.glob("*/results.json"))
+    assert [json.loads(p.read_text())["world_size"] for p in jobs] == [2, 2]
+    assert (sweep / "best_config.yaml").is_file()
