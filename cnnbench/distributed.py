@@ -62,10 +62,6 @@ def world_size() -> int:
     return dist.get_world_size() if dist.is_initialized() else 1
 
 
-def backend() -> str:
-    return str(dist.get_backend()) if dist.is_initialized() else "none"
-
-
 def local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", "0"))
 

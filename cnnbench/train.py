@@ -291,6 +291,11 @@ def train(
     device = resolve_device(cfg.trainer.device)
     rank, world_size = distributed.rank(), distributed.world_size()
     main_rank = rank == 0  # writes the files and the progress bar
+    if world_size > 1 and device.type not in ("cuda", "cpu"):
+        raise ConfigError(
+            f"trainer.device={cfg.trainer.device}: torchrun's processes share their work over "
+            f"CUDA (NCCL) or the CPU (gloo), not {device.type}. Use trainer.device=cpu"
+        )
     if world_size > 1 and device.type == "cuda":
         if device.index is not None:
             raise ConfigError(
@@ -372,8 +377,9 @@ def train(
                 f"processes, but with {n} training images one batch of the epoch would leave a "
                 f"process none. Choose another batch size, e.g. dataset.batch_size={fits}"
             )
+        backend = "nccl" if device.type == "cuda" else "gloo"
         log.info(
-            f"data parallel over {world_size} processes ({distributed.backend()}): batch size "
+            f"data parallel over {world_size} processes ({backend}): batch size "
             f"{ds.batch_size} in all, about {ds.batch_size // world_size} per process"
         )
 
@@ -408,7 +414,7 @@ def train(
     step, best_acc, best_epoch, history = (
         state["step"], state["best_acc"], state["best_epoch"], state["history"]
     )  # fmt: skip
-    if rank > 0:  # the same weights everywhere (DDP checks), but each rank its own dropout
+    if rank > 0:  # the same weights everywhere (DDP broadcasts rank 0's), but its own dropout
         torch.manual_seed(cfg.trainer.seed * 1_000_003 + rank * 100_003 + step)
 
     def save(path: Path, epochs_done: int, batches_done: int, **progress) -> None:
