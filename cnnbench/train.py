@@ -685,7 +685,7 @@ def launcher() -> list[str]:
     per_node = int(os.environ.get("LOCAL_WORLD_SIZE", distributed.world_size()))
     nodes = distributed.world_size() // per_node
     if nodes == 1:
-        return ["torchrun", f"--nproc_per_node={per_node}", "-m"]
+        return ["torchrun", "--standalone", f"--nproc_per_node={per_node}", "-m"]
     # several hosts: the rendezvous options of the first start are needed again
     return ["torchrun", f"--nnodes={nodes}", f"--nproc_per_node={per_node}", "<rdzv options>", "-m"]
 

@@ -184,12 +184,12 @@ def test_a_stopped_run_resumes_with_any_number_of_processes(runs, data_root, tmp
     assert err.count("stopped by SIGINT") == 1, err
     assert results(run_dir)["status"] == "interrupted"
     command = shlex.split(err.split("Resume with:\n", 1)[1].strip().splitlines()[0])
-    assert command[:3] == ["torchrun", "--nproc_per_node=2", "-m"], command
+    assert command[:4] == ["torchrun", "--standalone", "--nproc_per_node=2", "-m"], command
     assert f"trainer.resume={run_dir}" in command
     if how == "torchrun":
-        resumed = torchrun(*command[4:], cwd=tmp_path)
+        resumed = torchrun(*command[5:], cwd=tmp_path)
     else:  # the global batch stays the same, so may the number of processes change
-        resumed = subprocess.Popen([sys.executable, "-m", *command[3:]], cwd=tmp_path,
+        resumed = subprocess.Popen([sys.executable, "-m", *command[4:]], cwd=tmp_path,
                                    env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                    text=True)  # fmt: skip
     _, err = resumed.communicate(timeout=300)
