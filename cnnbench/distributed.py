@@ -33,12 +33,9 @@ def init() -> None:
     global _started
     if not launched() or dist.is_initialized():
         return
-    if torch.cuda.is_available():
-        torch.cuda.set_device(local_rank())
-        backend = "cpu:gloo,cuda:nccl"
-    else:
-        backend = "gloo"
-    dist.init_process_group(backend)
+    # CPU tensors (and the objects below) go over gloo, CUDA tensors over NCCL, which sets up
+    # its connections only when a CUDA tensor is first reduced
+    dist.init_process_group("cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo")
     now = [datetime.now()]
     dist.broadcast_object_list(now, src=0)
     _started = now[0]
@@ -112,11 +109,3 @@ def main_first(fn: Callable[[], T], others: bool = True) -> T | None:
     if is_main():
         return result
     return fn() if others else None
-
-
-def broadcast_buffers(module: torch.nn.Module) -> None:
-    """Give every process rank 0's buffers (BatchNorm's running statistics, which each process
-    updates from its own shard of the batch), so that all evaluate the model rank 0 saves."""
-    if dist.is_initialized():
-        for buffer in module.buffers():
-            dist.broadcast(buffer, src=0)

@@ -235,7 +235,8 @@ class WriteBestRun(Callback):
     reruns it."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        if os.environ.get("RANK", "0") != "0":  # a sweep under torchrun: rank 0 writes
+        # a sweep under torchrun: rank 0 writes (RANK, as this module does not import torch)
+        if os.environ.get("RANK", "0") != "0":
             return
         sweep_dir = Path(config.hydra.sweep.dir)
         try:

@@ -33,6 +33,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import InstantiationException
+from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -303,7 +304,14 @@ def train(
                 "of its LOCAL_RANK. Use trainer.device=cuda (or auto) and choose the GPUs with "
                 "CUDA_VISIBLE_DEVICES"
             )
+        if distributed.local_rank() >= torch.cuda.device_count():
+            raise ConfigError(
+                f"torchrun started more processes on this machine than it has GPUs "
+                f"({torch.cuda.device_count()}): use --nproc_per_node={torch.cuda.device_count()}"
+                ", or trainer.device=cpu"
+            )
         device = torch.device("cuda", distributed.local_rank())
+        torch.cuda.set_device(device)
     if device.type == "cuda":  # the fastest convolution algorithms for these fixed shapes
         torch.backends.cudnn.benchmark = True
     else:
@@ -345,7 +353,6 @@ def train(
     forward, autocast, scaler = how_to_run(cfg, model, device)
 
     def run_eval(loader: data.DeviceLoader):
-        distributed.broadcast_buffers(model)  # every rank evaluates the model rank 0 saves
         with autocast:
             return evaluate(forward, loader, len(spec.classes))
 
@@ -364,7 +371,7 @@ def train(
         f"device {device}"
     )
     if world_size > 1:
-        # dataset.batch_size is the global batch: the run optimises as on one process
+        # dataset.batch_size is the global batch: the same batches and steps as on one process
         n = train_loader.num_samples
         if min(ds.batch_size, train_loader.batch_len(len(train_loader) - 1)) < world_size:
             fits = next(
@@ -530,7 +537,7 @@ def train(
                             break
                         writer.add_scalar("train/loss", mean_loss, step)
                         writer.add_scalar("lr", lr, step)
-                        rate = seen * world_size / (elapsed + time.perf_counter() - tic)
+                        rate = batch * ds.batch_size / (elapsed + time.perf_counter() - tic)
                         bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{rate:,.0f}")
                         window_loss.zero_()
                         window_steps = 0
@@ -587,8 +594,11 @@ def train(
                 writer.flush()
                 epoch_loss.zero_()
                 epoch_correct.zero_()
+                # the steps since the last train/loss point, over all ranks (as mid-epoch)
                 sums = dict(loss=epoch_loss, correct=epoch_correct, window=window_loss)
-                save(out_dir / "last.pt", epoch, 0, window_steps=window_steps, sums=sums)
+                window = distributed.total(window_loss)
+                save(out_dir / "last.pt", epoch, 0, window_steps=window_steps,
+                     sums={**sums, "window": window})  # fmt: skip
                 if improved:
                     save(out_dir / "best.pt", epoch, 0)
                 log.info(
@@ -735,12 +745,31 @@ def finished(out_dir: Path, cfg: DictConfig) -> bool:
     return results.get("status") == "ok" and results.get("epochs_done") == cfg.trainer.epochs
 
 
+class TorchrunSweeps(Callback):
+    """Under torchrun, a sweep runs its jobs one after another, each on all processes. A
+    sweeper or launcher of its own (Optuna, joblib, submitit) would have each process draw
+    or start jobs alone: refused before the first job, once, on rank 0."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        plugins = [str(config.hydra[k].get("_target_", "")) for k in ("sweeper", "launcher")]
+        parting = [p.rsplit(".", 1)[-1] for p in plugins if ".Basic" not in p]
+        if distributed.launched() and parting:
+            tell(
+                "cnnbench: error: under torchrun a sweep runs its jobs one after another on all "
+                f"processes, with Hydra's basic sweeper and launcher; with {' and '.join(parting)}"
+                " the processes would each go their own way. Run it without torchrun.",
+                file=sys.stderr,
+            )
+            sys.exit(2)
+
+
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
 def hydra_main(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
     out_dir = Path(hydra_cfg.runtime.output_dir)
     sweep = hydra_cfg.mode == RunMode.MULTIRUN
     searching = "optuna" in str(hydra_cfg.sweeper.get("_target_", "")).lower()
+    together = distributed.launched()  # under torchrun: every job on all processes
     if searching and not cfg.dataset.val_size:  # the same for every trial: the search stops
         tell(
             "cnnbench: error: a hyperparameter search needs a validation split, so that it never "
@@ -782,10 +811,16 @@ def hydra_main(cfg: DictConfig) -> float:
         sys.exit(130)
     except Exception as err:
         known = isinstance(err, ConfigError | data.DataError | checkpoint.CheckpointError | OSError)
-        if os.environ.get("HYDRA_FULL_ERROR") == "1" or not (known or sweep):
+        # under torchrun, a job that failed on one process cannot go on without it: all stop
+        alone = not sweep or together
+        if (
+            os.environ.get("HYDRA_FULL_ERROR") == "1"
+            or not (known or sweep)
+            or (together and not known)
+        ):
             raise
         tell(f"cnnbench: error: {err}", file=sys.stderr)
-        if not sweep:
+        if alone:
             sys.exit(2)
         # in a sweep the job is recorded (train() has done so if it got that far) and the
         # others go on

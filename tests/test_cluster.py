@@ -42,9 +42,10 @@ def test_the_slurm_preset_composes_with_the_documented_settings():
         cfg = compose("config", overrides=["hydra/launcher=slurm"], return_hydra_config=True)
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("submitit_launcher.SlurmLauncher")
-    for key in ("partition", "gpus_per_node", "timeout_min", "array_parallelism"):
-        assert key in launcher, key
-    assert launcher.gpus_per_node == 1 and launcher.tasks_per_node == 1
+    # the preset's values, where the plugin's defaults differ (no GPU, 60 min, 256 at once)
+    assert launcher.partition is None and launcher.gpus_per_node == 1
+    assert launcher.timeout_min == 120 and launcher.array_parallelism == 8
+    assert (launcher.cpus_per_task, launcher.mem_gb, launcher.tasks_per_node) == (4, 16, 1)
 
 
 @pytest.mark.slow
