@@ -812,7 +812,7 @@ def hydra_main(cfg: DictConfig) -> float:
     except Exception as err:
         known = isinstance(err, ConfigError | data.DataError | checkpoint.CheckpointError | OSError)
         # under torchrun, a job that failed on one process cannot go on without it: all stop
-        alone = not sweep or together
+        ends_here = not sweep or together
         if (
             os.environ.get("HYDRA_FULL_ERROR") == "1"
             or not (known or sweep)
@@ -820,7 +820,7 @@ def hydra_main(cfg: DictConfig) -> float:
         ):
             raise
         tell(f"cnnbench: error: {err}", file=sys.stderr)
-        if alone:
+        if ends_here:
             sys.exit(2)
         # in a sweep the job is recorded (train() has done so if it got that far) and the
         # others go on
