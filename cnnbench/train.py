@@ -223,12 +223,13 @@ class StopSignals:
     def _handle(self, signum: int, frame) -> None:
         # torchrun passes a signal on to its processes, which the terminal has sent them too:
         # there the second one is ignored, and torchrun kills them 30 s after the first
-        if self.received is not None and distributed.world_size() == 1:
+        alone = distributed.world_size() == 1
+        if self.received is not None and alone:
             raise KeyboardInterrupt
         self.received = signum
         at_once = (
             "press Ctrl-C again to stop at once"
-            if distributed.world_size() == 1
+            if alone
             else "torchrun kills the processes 30 s after the signal"
         )
         log.warning(
@@ -555,10 +556,12 @@ def train(
                         )
                         raise Interrupted(stop.received or signal.SIGTERM, out_dir / "last.pt")
                 bar.close()
-                # over all ranks
+                # the epoch's sums over all ranks (window: the steps since the last loss point)
+                sums = dict(loss=epoch_loss, correct=epoch_correct, window=window_loss)
+                totals = {k: distributed.total(v) for k, v in sums.items()}
                 seen = int(distributed.total(torch.tensor(seen)))
-                train_loss = distributed.total(epoch_loss).item() / max(seen, 1)
-                train_acc = distributed.total(epoch_correct).item() / max(seen, 1)
+                train_loss = totals["loss"].item() / max(seen, 1)
+                train_acc = totals["correct"].item() / max(seen, 1)
                 epoch_s = elapsed + time.perf_counter() - tic  # after .item(): the device is done
                 if diverged_at is None and not math.isfinite(train_loss):
                     diverged_at = step
@@ -594,11 +597,9 @@ def train(
                 writer.flush()
                 epoch_loss.zero_()
                 epoch_correct.zero_()
-                # the steps since the last train/loss point, over all ranks (as mid-epoch)
-                sums = dict(loss=epoch_loss, correct=epoch_correct, window=window_loss)
-                window = distributed.total(window_loss)
+                # the next epoch's sums start at zero; the window goes on
                 save(out_dir / "last.pt", epoch, 0, window_steps=window_steps,
-                     sums={**sums, "window": window})  # fmt: skip
+                     sums={**sums, "window": totals["window"]})  # fmt: skip
                 if improved:
                     save(out_dir / "best.pt", epoch, 0)
                 log.info(
