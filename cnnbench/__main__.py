@@ -1,3 +1,3 @@
-from cnnbench.train import main
+from cnnbench.cli import main
 
 main()

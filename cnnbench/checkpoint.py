@@ -7,10 +7,8 @@ A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, so t
 
 from __future__ import annotations
 
-import os
 import pickle
 import random
-import tempfile
 import warnings
 import zipfile
 from pathlib import Path
@@ -18,30 +16,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cnnbench.atomic import write_atomic
+from cnnbench.config import class_name
+from cnnbench.datasets import SPECS
+from cnnbench.errors import CheckpointError
 from cnnbench.runs import run_identity
+
+__all__ = ["FORMAT", "CheckpointError", "find", "load", "load_for_resume", "save"]
 
 FORMAT = 1
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used here; the message says why and what to do."""
-
-
-def atomic_save(obj: object, path: Path) -> None:
-    """A kill at any moment leaves the old file or the new one, never a partial one: the
-    bytes go to a temporary file in the same folder, are flushed to disk, then renamed."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it private
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def save(obj: dict, path: Path) -> None:
+    """Whole or not at all (atomic.write_atomic)."""
+    write_atomic(path, lambda f: torch.save(obj, f))
 
 
 def rng_states() -> dict:
@@ -100,6 +88,20 @@ def load(path: str | Path, map_location: torch.device | str = "cpu") -> dict:
             f"{path} is not a cnnbench checkpoint (format {FORMAT}); start a new run or use "
             "a checkpoint that cnnbench wrote"
         )
+    # before the typed schema (schema.TrainerConfig), trainer.precision 32 was saved as a number
+    trainer = ckpt.get("config", {}).get("trainer", {})
+    if "precision" in trainer:
+        trainer["precision"] = str(trainer["precision"])
+    return ckpt
+
+
+def load_for_resume(path: Path, config: dict, image_size: int) -> dict:
+    """The checkpoint a run resumes from, refused when it belongs to another network or to a
+    run with other settings. Loaded on the CPU: the RNG states must stay there."""
+    ckpt = load(path)
+    spec = SPECS[config["dataset"]["name"]]
+    check_compatible(ckpt, path, config["model"], spec.channels, len(spec.classes), image_size)
+    check_same_run(ckpt["config"], path, config)
     return ckpt
 
 
@@ -127,7 +129,7 @@ def check_compatible(
             "here (dataset.resize)"
         )
     if differences:
-        name = theirs.get("_target_", "?").rsplit(".", 1)[-1]
+        name = class_name(theirs.get("_target_", "?"))
         raise CheckpointError(
             f"{path} holds a different network ({name}, trained on "
             f"{ckpt['config']['dataset']['name']}):\n  " + "\n  ".join(differences) + "\n"

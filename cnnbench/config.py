@@ -1,20 +1,30 @@
-"""Where the YAML configs are, and the checks every composed config passes before a run."""
+"""The composed config: where the YAML files are, the one compose helper (for the tools and the
+tests), and the checks every config passes before a run. No torch here, so that a bad value is
+reported at once.
+"""
 
 from __future__ import annotations
 
-import hashlib
+import difflib
 import math
 import numbers
 import os
-import sys
+import re
 from collections.abc import Callable
+from dataclasses import fields
 from pathlib import Path
 
-import torch
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
+from hydra.errors import HydraException, MissingConfigException
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
-from cnnbench import data, distributed
-from cnnbench.runs import NOT_IDENTITY, flatten, newest_matching_run
+from cnnbench import rundir  # noqa: F401  (registers conf/config.yaml's resolvers)
+from cnnbench.datasets import SPECS
+from cnnbench.errors import ConfigError
+from cnnbench.runs import flatten
+from cnnbench.schema import DatasetConfig, TrainerConfig
 
 _HERE = Path(__file__).resolve().parent
 # installed: the configs ship inside the package; source tree or editable: the top-level conf/
@@ -22,88 +32,16 @@ CONFIG_DIR = next(
     p for p in (_HERE / "conf", _HERE.parent / "conf") if (p / "config.yaml").is_file()
 )
 
-
-# conf/config.yaml names each sweep job's directory by its overrides; this keeps that name one
-# path component, short enough for any file system
-OmegaConf.register_new_resolver(
-    "cnnbench.dirname", lambda name: name.replace("/", "_")[:150], replace=True
-)
-
-
-def sweep_name(argv: list[str] | None = None) -> str:
-    """A sweep directory's name: the sweep's command line (without paths and devices), so that
-    running the same sweep again finds its directory (and each job its own). Hydra resolves it
-    once, at the start of the sweep, and hands the value to every job (the resolver caches)."""
-    args = sys.argv[1:] if argv is None else argv
-    # in the order given: Hydra numbers the jobs in that order
-    kept = [
-        a.replace("/", "_")
-        for a in args
-        if a not in ("-m", "--multirun")
-        and not a.lstrip("+~").startswith("hydra")
-        and a.split("=", 1)[0].lstrip("+~") not in NOT_IDENTITY
-    ]
-    name = "__".join(kept) or "defaults"
-    if len(name) > 150:
-        name = f"{name[:130]}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
-    return name
-
-
-OmegaConf.register_new_resolver(
-    "cnnbench.now", lambda pattern: distributed.started().strftime(pattern), use_cache=True
-)
-OmegaConf.register_new_resolver("cnnbench.sweep_name", lambda: sweep_name(), use_cache=True)
-OmegaConf.register_new_resolver("cnnbench.not_identity", lambda: list(NOT_IDENTITY), replace=True)
-
-
-def _resumed_dir(resume: str | None, root: DictConfig) -> str | None:
-    if resume is None:
-        return None
-    # absolute: in a sweep, Hydra joins this onto the sweep directory
-    if resume == "auto":
-        found = newest_matching_run(OmegaConf.to_container(root, resolve=False))
-        return str(found.absolute()) if found else None
-    path = Path(str(resume)).expanduser().absolute()
-    if path.is_file():
-        return str(path.parent)
-    return str(path) if path.is_dir() else None  # no such path: train() names the problem
-
-
-def check_writable(folder: str) -> None:
-    """Hydra creates the run directory before any cnnbench code runs, so an unusable one is
-    reported before Hydra starts: one message and exit code 2."""
-    path = Path(folder).expanduser()
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        if not os.access(path, os.W_OK | os.X_OK):
-            raise PermissionError("permission denied")
-    except OSError as err:
-        print(
-            f"cnnbench: error: cannot write the run directory {folder} "
-            f"({err.strerror or err}). Choose another, e.g. hydra.run.dir=outputs/my-run "
-            "(hydra.sweep.dir for -m)",
-            file=sys.stderr,
-        )
-        sys.exit(2)
-
-
-def _writable_run_dir(resume: str | None, default: str, _root_: DictConfig) -> str:
-    """hydra.run.dir and hydra.sweep.dir: the resumed run's directory, else `default`."""
-    chosen = _resumed_dir(resume, _root_) or default
-    check_writable(chosen)
-    return chosen
-
-
-OmegaConf.register_new_resolver("cnnbench.run_dir", _writable_run_dir, replace=True)
-OmegaConf.register_new_resolver(
-    "cnnbench.job_dir",
-    lambda resume, default, _root_: _resumed_dir(resume, _root_) or default,
-    replace=True,
-)
-
-
-class ConfigError(ValueError):
-    """A config value that cannot work; the message names the key, the value and a fix."""
+GROUPS = ("model", "dataset", "optimizer", "scheduler", "trainer")
+# trainer.precision: autocast's dtype is chosen where training starts (build.PRECISIONS)
+PRECISION_NAMES = ("32", "bf16", "16-mixed")
+# model keys read by cnnbench, not passed to the model's constructor
+MODEL_INPUT_KEYS = ("min_size", "input_size")
+SCHEMA_KEYS = {
+    f"{group}.{f.name}"
+    for group, schema in (("dataset", DatasetConfig), ("trainer", TrainerConfig))
+    for f in fields(schema)
+}
 
 
 def _number(x: object) -> bool:
@@ -140,13 +78,9 @@ def _positive(v: object) -> bool:
 
 
 # The value checks, by config key: (test, what is allowed, an example override). A key is
-# checked wherever it appears in the composed config (sgd has momentum, adam has betas).
-# The dataset and trainer groups are read by train.py itself, so their keys are exactly
-# the ones listed here; the other groups' keys go to a constructor, which refuses strangers.
-# trainer.precision -> the dtype autocast computes in (None: no autocast)
-PRECISIONS = {"32": None, "bf16": torch.bfloat16, "16-mixed": torch.float16}
-
-GROUPS = ("model", "dataset", "optimizer", "scheduler", "trainer")
+# checked wherever it appears in the composed config (sgd has momentum, adam has betas). The
+# schemas (schema.py) already fix the types of dataset.* and trainer.*; a value of the wrong
+# type gets the same message from compose().
 RULES: dict[str, tuple[Callable[[object], bool], str, str]] = {
     "model.min_size": (_int_at_least(1), "an integer >= 1 (pixels per side)", "model.min_size=28"),
     "model.input_size": (
@@ -162,7 +96,7 @@ RULES: dict[str, tuple[Callable[[object], bool], str, str]] = {
         "null, auto, a run directory or a checkpoint file",
         "trainer.resume=outputs/2026-01-01/12-00-00",
     ),
-    "dataset.name": (lambda v: v in data.SPECS, f"one of {', '.join(data.SPECS)}", "dataset=mnist"),
+    "dataset.name": (lambda v: v in SPECS, f"one of {', '.join(SPECS)}", "dataset=mnist"),
     "dataset.download": (_bool, "true or false", "dataset.download=false"),
     "dataset.normalize": (_bool, "true or false", "dataset.normalize=false"),
     "dataset.batch_size": (_int_at_least(1), "an integer >= 1", "dataset.batch_size=256"),
@@ -242,8 +176,8 @@ RULES: dict[str, tuple[Callable[[object], bool], str, str]] = {
         "trainer.limit_train_batches=10",
     ),
     "trainer.precision": (
-        lambda v: str(v) in PRECISIONS,
-        f"one of {', '.join(PRECISIONS)}",
+        lambda v: str(v) in PRECISION_NAMES,
+        f"one of {', '.join(PRECISION_NAMES)}",
         "trainer.precision=bf16",
     ),
     "trainer.compile": (_bool, "true or false", "trainer.compile=true"),
@@ -256,59 +190,124 @@ RULES: dict[str, tuple[Callable[[object], bool], str, str]] = {
 }
 
 
-# model keys read by cnnbench, not passed to the model's constructor
-MODEL_INPUT_KEYS = ("min_size", "input_size")
+def not_allowed(key: str, value: object) -> str:
+    _, allowed, example = RULES[key]
+    return f"{key}={value!r} is not allowed: use {allowed}, e.g. {example}"
 
 
-def resolve_device(name: str) -> torch.device:
-    """`auto` picks CUDA, then MPS, then the CPU; an explicit device must be present."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
+# ---------------------------------------------------------------------------- composing
+
+
+def compose(overrides: list[str], hydra_config: bool = False) -> DictConfig:
+    """conf/config.yaml with `overrides`, as `python -m cnnbench` composes it. Hydra's errors
+    (an unknown option, a misspelt key, a value of the wrong type) become one ConfigError that
+    says what to write instead."""
     try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError):
-        raise ConfigError(
-            f"trainer.device={name}: not a device name. Allowed: auto, cpu, cuda, cuda:N, mps. "
-            "Example: trainer.device=cpu"
-        ) from None
-    available = {
-        "cpu": True,
-        "cuda": torch.cuda.is_available()
-        and (device.index is None or device.index < torch.cuda.device_count()),
-        "mps": torch.backends.mps.is_available(),
-    }.get(device.type, False)
-    if not available:
-        raise ConfigError(
-            f"trainer.device={name}: this machine has no such device. "
-            "Use trainer.device=auto (or cpu)."
+        with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
+            return hydra_compose("config", overrides=overrides, return_hydra_config=hydra_config)
+    except (HydraException, OmegaConfBaseException) as err:
+        raise explain(err, overrides) from None
+
+
+def group_options(group: str) -> list[str]:
+    """The options of a config group: its YAML files, sub-folders included (experiment=d2l/vgg)."""
+    folder = CONFIG_DIR / group
+    return sorted(str(p.relative_to(folder).with_suffix("")) for p in folder.rglob("*.yaml"))
+
+
+def _missing_option(path: str, overrides: list[str]) -> tuple[str, str]:
+    """'experiment/d2l/vgg1' -> ('experiment', 'd2l/vgg1'), by the override that asked for it."""
+    for o in overrides:
+        group, _, name = o.lstrip("+~").partition("=")
+        if f"{group}/{name}" == path:
+            return group, name
+    group, _, name = path.rpartition("/")
+    return group, name
+
+
+def _given(overrides: list[str], key: str) -> str | None:
+    for o in reversed(overrides):  # the last one counts
+        name, _, value = o.lstrip("+~").partition("=")
+        if name == key:
+            return value
+    return None
+
+
+def explain(err: Exception, overrides: list[str]) -> ConfigError:
+    """One message for a Hydra or OmegaConf error, with the options or the closest name."""
+    cause = err.__cause__ or err
+    text = str(err)
+    if isinstance(err, MissingConfigException) and (found := re.search(r"find '(.+?)'", text)):
+        group, name = _missing_option(found.group(1), overrides)
+        # options Hydra or a plugin provides (hydra/launcher=joblib) are listed in its message
+        listed = re.findall(r"^\t(\S+)$", text, flags=re.M)
+        options = sorted(set(group_options(group)) | set(listed))
+        return ConfigError(f"{group}={name}: no such option.{_suggest(name, options, group)}")
+    key = getattr(cause, "full_key", None)
+    if key in RULES and isinstance(cause, OmegaConfBaseException) and "convert" in str(cause):
+        raw = _given(overrides, key)
+        return ConfigError(not_allowed(key, _parsed(raw) if raw is not None else raw))
+    if key and isinstance(cause, ConfigAttributeError | ConfigKeyError):
+        group = key.rpartition(".")[0]
+        known = [k for k in _keys_without(overrides, key) if k.startswith(f"{group}.")]
+        close = difflib.get_close_matches(key, known, n=1, cutoff=0.8)
+        hint = f" Did you mean {close[0]}?" if close else ""
+        return ConfigError(
+            f"{key}: cnnbench has no such setting.{hint} "
+            "(python -m cnnbench --cfg job shows every setting)"
         )
-    return device
+    first = text.splitlines()[0] if text else type(err).__name__
+    detail = str(cause).splitlines()[0] if cause is not err else ""
+    return ConfigError(" ".join(p for p in (first, detail) if p))
 
 
-def validate(cfg: DictConfig) -> None:
-    """Raise one ConfigError listing every value that cannot work, before any data is read."""
-    known = set(GROUPS) | {k for k in RULES if k.startswith(("dataset.", "trainer."))}
+def _parsed(raw: str) -> object:
+    """A value as Hydra's parser reads it: 2.5 a float, true a bool, fast a string."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        return OverridesParser.create().parse_override(f"k={raw}").value()
+    except Exception:  # not Hydra syntax: shown as given
+        return raw
+
+
+def _keys_without(overrides: list[str], key: str) -> list[str]:
+    try:
+        cfg = compose([o for o in overrides if _given([o], key) is None])
+    except ConfigError:
+        return []
+    return list(flatten(OmegaConf.to_container(cfg, resolve=False)))
+
+
+def _suggest(name: str, options: list[str], group: str) -> str:
+    close = difflib.get_close_matches(name, options, n=1, cutoff=0.6)
+    hint = f" Did you mean {group}={close[0]}?" if close else ""
+    return hint + (f" Options: {', '.join(options)}." if options else "")
+
+
+# ---------------------------------------------------------------------------- checking
+
+
+def validate(cfg: DictConfig, given: dict[str, object] | None = None) -> None:
+    """Raise one ConfigError listing every value that cannot work, before any data is read.
+    `given` holds values as typed on the command line, which the messages quote."""
+    given = given or {}
     present = [*cfg] + [f"{group}.{key}" for group in ("dataset", "trainer") for key in cfg[group]]
     problems = [
         f"{key}: cnnbench has no such setting; remove it (python -m cnnbench --cfg job shows "
         "every setting)"
         for key in present
-        if key not in known
+        if key not in (*GROUPS, *SCHEMA_KEYS)
     ]
     for key, value in flatten(OmegaConf.to_container(cfg, resolve=True)).items():
         if key not in RULES:
             continue
-        ok, allowed, example = RULES[key]
         try:
-            good = ok(value)
+            good = RULES[key][0](value)
         except TypeError:  # e.g. len() of a number given for betas
             good = False
         if not good:
-            problems.append(f"{key}={value!r} is not allowed: use {allowed}, e.g. {example}")
+            problems.append(not_allowed(key, given.get(key, value)))
     root = Path(str(cfg.dataset.root)).expanduser()
     if root.exists() and not (root.is_dir() and os.access(root, os.R_OK | os.X_OK)):
         problems.append(
@@ -324,24 +323,42 @@ def validate(cfg: DictConfig) -> None:
         )
     if problems:
         raise ConfigError("\n".join(problems))
+    _check_image_size(cfg)
+
+
+def _check_image_size(cfg: DictConfig) -> None:
     size, min_size = image_size(cfg), cfg.model.min_size
-    if size < min_size:
-        if cfg.dataset.resize:
-            given = f"dataset.resize={size}"
-        elif cfg.model.input_size:
-            given = f"model.input_size={size}"
-        else:
-            given = f"{data.SPECS[cfg.dataset.name].title} images are {size}x{size}"
-        fix = cfg.model.input_size if (cfg.model.input_size or 0) >= min_size else min_size
-        raise ConfigError(
-            f"{cfg.model._target_.rsplit('.', 1)[-1]} takes images of at least "
-            f"{min_size}x{min_size}, but {given}. Resize them, e.g. dataset.resize={fix} "
-            f"(any size >= {min_size} works)"
-        )
+    if size >= min_size:
+        return
+    if cfg.dataset.resize:
+        given = f"dataset.resize={size}"
+    elif cfg.model.input_size:
+        given = f"model.input_size={size}"
+    else:
+        given = f"{SPECS[cfg.dataset.name].title} images are {size}x{size}"
+    fix = cfg.model.input_size if (cfg.model.input_size or 0) >= min_size else min_size
+    raise ConfigError(
+        f"{model_name(cfg)} takes images of at least {min_size}x{min_size}, but {given}. "
+        f"Resize them, e.g. dataset.resize={fix} (any size >= {min_size} works)"
+    )
 
 
 def image_size(cfg: DictConfig) -> int:
     """The side the model sees: dataset.resize, else the model's input_size, else the
     dataset's own."""
-    native = data.SPECS[cfg.dataset.name].size
+    native = SPECS[cfg.dataset.name].size
     return cfg.dataset.resize or cfg.model.input_size or native
+
+
+def model_name(cfg: DictConfig | dict) -> str:
+    """The model's class name: cnnbench.models.LeNet -> LeNet."""
+    return class_name(cfg["model"]["_target_"])
+
+
+def class_name(target: str) -> str:
+    return target.rsplit(".", 1)[-1]
+
+
+def resolved(cfg: DictConfig) -> dict:
+    """The config as plain values, as results.json and checkpoints record it."""
+    return OmegaConf.to_container(cfg, resolve=True)

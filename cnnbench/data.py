@@ -13,7 +13,6 @@ import hashlib
 import logging
 import pickle
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
@@ -21,29 +20,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cnnbench.checkpoint import atomic_save
+from cnnbench.atomic import write_atomic
+from cnnbench.datasets import SPECS, Spec
+from cnnbench.errors import DataError, WriteError
+from cnnbench.seeding import batch_seed, epoch_seed
+
+__all__ = ["SPECS", "DataError", "DeviceLoader", "Spec", "Split", "find", "hold_out", "load"]
 
 log = logging.getLogger(__name__)
-
-
-class DataError(RuntimeError):
-    """Missing, truncated or corrupt data; the message says what and where."""
-
-
-@dataclass(frozen=True)
-class Spec:
-    title: str
-    classes: tuple[str, ...]
-    channels: int
-    size: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    # sub-folders of a root that may hold the files; the root itself counts when its path
-    # ends with one of them (MNIST and Fashion-MNIST files have the same names)
-    folders: tuple[str, ...]
-    system_folders: tuple[str, ...] = ()  # where an OS package installs the files
-    system_package: str = ""  # that Debian/Ubuntu package
-    torchvision_name: str = ""
 
 
 Split = tuple[torch.Tensor, torch.Tensor]  # uint8 images (N, C, H, W), int64 labels
@@ -53,49 +37,6 @@ IDX_FILES = {
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
 CIFAR_FILES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
-
-# fmt: off
-FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                   "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
-CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
-                   "dog", "frog", "horse", "ship", "truck")
-# fmt: on
-
-SPECS = {
-    "mnist": Spec(
-        title="MNIST",
-        classes=tuple(str(d) for d in range(10)),
-        channels=1,
-        size=28,
-        mean=(0.1307,),
-        std=(0.3081,),
-        folders=("mnist", "MNIST/raw"),
-        torchvision_name="MNIST",
-    ),
-    "fashion_mnist": Spec(
-        title="Fashion-MNIST",
-        classes=FASHION_CLASSES,
-        channels=1,
-        size=28,
-        mean=(0.2860,),
-        std=(0.3530,),
-        folders=("fashion-mnist", "fashion_mnist", "FashionMNIST/raw"),
-        system_folders=("/usr/share/datasets/fashion-mnist",),
-        system_package="dataset-fashion-mnist",
-        torchvision_name="FashionMNIST",
-    ),
-    "cifar10": Spec(
-        title="CIFAR-10",
-        classes=CIFAR10_CLASSES,
-        channels=3,
-        size=32,
-        mean=(0.4914, 0.4822, 0.4465),
-        std=(0.2470, 0.2435, 0.2616),
-        folders=("cifar-10-batches-py", "cifar10/cifar-10-batches-py"),
-        torchvision_name="CIFAR10",
-    ),
-}
-
 
 # ---------------------------------------------------------------------------- finding
 
@@ -291,14 +232,10 @@ def load(
             pass  # a broken or foreign cache file is rebuilt, never trusted
     images, labels = decode(name, files)
     try:
-        atomic_save({"source": key, "images": images, "labels": labels}, cache)
-    except OSError as err:  # costs a decode next time, nothing more
-        log.warning(
-            "cannot cache %s in %s (%s); set dataset.cache_dir to a writable folder",
-            name,
-            cache.parent,
-            err.strerror or err,
-        )
+        entry = {"source": key, "images": images, "labels": labels}
+        write_atomic(cache, lambda f: torch.save(entry, f))
+    except WriteError as err:  # costs a decode next time, nothing more
+        log.warning("cannot cache %s (%s); set dataset.cache_dir to a writable folder", name, err)
     return images, labels
 
 
@@ -380,7 +317,7 @@ class DeviceLoader:
     def _order(self) -> torch.Tensor:
         if self.shuffle:
             # drawn on the CPU so that every device (and every rank) sees the same order
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            g = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
             return torch.randperm(len(self.labels), generator=g).to(self.device)
         return torch.arange(len(self.labels), device=self.device)
 
@@ -415,7 +352,7 @@ class DeviceLoader:
         generator seeded with (seed, epoch, batch), one per image of the whole batch: a resumed
         run augments as the original, and a rank's images as on one process."""
         g = torch.Generator(self.device)
-        g.manual_seed(((self.seed * 1_000_003 + self.epoch) * 100_003 + batch) % 2**63)
+        g.manual_seed(batch_seed(self.seed, self.epoch, batch))
         n, c, h, w = images.shape
         mine, size = slice(self.rank, None, self.world_size), self.batch_len(batch)
         if self.translate:

@@ -9,6 +9,7 @@ here is the trivial one-process answer, so train.py has a single code path.
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Callable
 from datetime import datetime
@@ -17,9 +18,10 @@ from typing import TypeVar
 import torch
 import torch.distributed as dist
 
-T = TypeVar("T")
+from cnnbench import rundir
+from cnnbench.errors import ConfigError
 
-_started: datetime | None = None
+T = TypeVar("T")
 
 
 def launched() -> bool:
@@ -30,7 +32,6 @@ def launched() -> bool:
 def init() -> None:
     """Join the other processes and agree on the run's start time (it names the run directory,
     which all of them share)."""
-    global _started
     if not launched() or dist.is_initialized():
         return
     # CPU tensors (and the objects below) go over gloo, CUDA tensors over NCCL, which sets up
@@ -38,17 +39,12 @@ def init() -> None:
     dist.init_process_group("cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo")
     now = [datetime.now()]
     dist.broadcast_object_list(now, src=0)
-    _started = now[0]
+    rundir.started = now[0]
 
 
 def close() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
-
-
-def started() -> datetime:
-    """Now, or in a distributed run the moment rank 0 joined the others."""
-    return _started or datetime.now()
 
 
 def rank() -> int:
@@ -109,3 +105,91 @@ def main_first(fn: Callable[[], T], others: bool = True) -> T | None:
     if is_main():
         return result
     return fn() if others else None
+
+
+# ---------------------------------------------------------------------------- the device
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` picks CUDA, then MPS, then the CPU; an explicit device must be present."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ConfigError(
+            f"trainer.device={name}: not a device name. Allowed: auto, cpu, cuda, cuda:N, mps. "
+            "Example: trainer.device=cpu"
+        ) from None
+    available = {
+        "cpu": True,
+        "cuda": torch.cuda.is_available()
+        and (device.index is None or device.index < torch.cuda.device_count()),
+        "mps": torch.backends.mps.is_available(),
+    }.get(device.type, False)
+    if not available:
+        raise ConfigError(
+            f"trainer.device={name}: this machine has no such device. "
+            "Use trainer.device=auto (or cpu)."
+        )
+    return device
+
+
+def run_device(name: str) -> torch.device:
+    """The device this process trains on: trainer.device, or under torchrun the GPU of its
+    LOCAL_RANK."""
+    device = resolve_device(name)
+    if world_size() == 1:
+        return device
+    if device.type not in ("cuda", "cpu"):
+        raise ConfigError(
+            f"trainer.device={name}: torchrun's processes share their work over "
+            f"CUDA (NCCL) or the CPU (gloo), not {device.type}. Use trainer.device=cpu"
+        )
+    if device.type == "cuda":
+        if device.index is not None:
+            raise ConfigError(
+                f"trainer.device={name}: under torchrun each process takes the GPU "
+                "of its LOCAL_RANK. Use trainer.device=cuda (or auto) and choose the GPUs with "
+                "CUDA_VISIBLE_DEVICES"
+            )
+        if local_rank() >= torch.cuda.device_count():
+            raise ConfigError(
+                f"torchrun started more processes on this machine than it has GPUs "
+                f"({torch.cuda.device_count()}): use --nproc_per_node={torch.cuda.device_count()}"
+                ", or trainer.device=cpu"
+            )
+        device = torch.device("cuda", local_rank())
+        torch.cuda.set_device(device)
+    return device
+
+
+def check_global_batch(batch_size: int, images: int, last_batch: int) -> None:
+    """dataset.batch_size is the global batch, dealt out to the processes: each batch of the
+    epoch (the last, smaller one too) must leave every process at least one image."""
+    n = world_size()
+    if n == 1 or min(batch_size, last_batch) >= n:
+        return
+    fits = next(
+        b for b in itertools.count(max(batch_size, n)) if images % b == 0 or images % b >= n
+    )
+    raise ConfigError(
+        f"dataset.batch_size={batch_size}: each batch is shared by the {n} processes, but with "
+        f"{images} training images one batch of the epoch would leave a process none. Choose "
+        f"another batch size, e.g. dataset.batch_size={fits}"
+    )
+
+
+def describe(device: torch.device, batch_size: int) -> str | None:
+    """The start line's note on data parallelism (None for one process)."""
+    if world_size() == 1:
+        return None
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    return (
+        f"data parallel over {world_size()} processes ({backend}): batch size {batch_size} in "
+        f"all, about {batch_size // world_size()} per process"
+    )

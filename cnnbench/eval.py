@@ -12,7 +12,7 @@ It prints the test accuracy and the accuracy of every class, and writes the conf
 from __future__ import annotations
 
 import csv
-import os
+import io
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +24,9 @@ from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
 from cnnbench import checkpoint, data, distributed
-from cnnbench.config import ConfigError, image_size, resolve_device, validate
+from cnnbench.atomic import write_text
+from cnnbench.config import image_size, model_name, validate
+from cnnbench.errors import USER_ERRORS, ConfigError, fail
 
 
 @dataclass
@@ -93,6 +95,15 @@ def confusion_figure(confusion: torch.Tensor, classes: tuple[str, ...], title: s
     return fig
 
 
+def confusion_csv(confusion: torch.Tensor, classes: tuple[str, ...]) -> str:
+    text = io.StringIO(newline="")
+    out = csv.writer(text)
+    out.writerow(["true \\ predicted", *classes])
+    for cls, row in zip(classes, confusion.tolist(), strict=True):
+        out.writerow([cls, *row])
+    return text.getvalue()
+
+
 USAGE = """usage: python -m cnnbench.eval ckpt=<checkpoint or run dir> [out=<dir>]
                                 [dataset.KEY=VALUE ...] [trainer.KEY=VALUE ...]
 
@@ -126,7 +137,7 @@ def main(argv: list[str] | None = None) -> Evaluation:
     from torch.utils.tensorboard import SummaryWriter
     from torchvision.utils import make_grid
 
-    from cnnbench.train import build_model
+    from cnnbench.build import build_model, device_loader  # they import evaluate from here
 
     try:
         path, out_dir, overrides = parse(sys.argv[1:] if argv is None else argv)
@@ -142,34 +153,28 @@ def main(argv: list[str] | None = None) -> Evaluation:
                 f"python -m cnnbench --cfg job lists the dataset.* and trainer.* settings"
             ) from None
         validate(cfg)
-        device = resolve_device(cfg.trainer.device)
+        device = distributed.resolve_device(cfg.trainer.device)
         spec = data.SPECS[cfg.dataset.name]
         size = image_size(cfg)
         checkpoint.check_compatible(
             ckpt, path, OmegaConf.to_container(cfg.model), spec.channels, len(spec.classes), size
         )
-        model = build_model(cfg, spec, size, device)
+        model = build_model(cfg, device)
         checkpoint.load_weights(model, ckpt, path)
         ds = cfg.dataset
         images, labels = data.load(ds.name, "test", ds.root, ds.download, ds.cache_dir)
         out_dir = out_dir or path.parent / "eval"
         out_dir.mkdir(parents=True, exist_ok=True)
-    except (ConfigError, checkpoint.CheckpointError, data.DataError, OSError,
-            OmegaConfBaseException) as err:  # fmt: skip
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        print(f"cnnbench.eval: error: {err}", file=sys.stderr)
-        sys.exit(2)
+    except (*USER_ERRORS, OmegaConfBaseException) as err:
+        fail("cnnbench.eval", err)
 
-    loader = data.DeviceLoader(
-        images, labels, cfg.trainer.eval_batch_size, device, mean=spec.mean, std=spec.std,
-        normalize=ds.normalize, resize=size if size != spec.size else None,
-        limit_batches=cfg.trainer.limit_test_batches,
-    )  # fmt: skip
+    # the test split in order, as training evaluates it (without its channels-last switch)
+    loader = device_loader(OmegaConf.merge(cfg, {"trainer": {"channels_last": False}}),
+                           (images, labels), device)  # fmt: skip
     result = evaluate(model, loader, len(spec.classes))
     confusion = result.confusion
     per_class = confusion.diag() / confusion.sum(1).clamp(min=1)
-    name = ckpt["config"]["model"]["_target_"].rsplit(".", 1)[-1]
+    name = model_name(ckpt["config"])
     epoch = ckpt["epochs_done"]
     width = max(map(len, spec.classes))
     lines = [
@@ -184,11 +189,7 @@ def main(argv: list[str] | None = None) -> Evaluation:
     ]
     print("\n".join(lines))
 
-    with open(out_dir / "confusion_matrix.csv", "w", newline="") as f:
-        out = csv.writer(f)
-        out.writerow(["true \\ predicted", *spec.classes])
-        for cls, row in zip(spec.classes, confusion.tolist(), strict=True):
-            out.writerow([cls, *row])
+    write_text(out_dir / "confusion_matrix.csv", confusion_csv(confusion, spec.classes))
     title = f"{name}, {spec.title} test: accuracy {result.acc:.4f}"
     confusion_figure(confusion, spec.classes, title).savefig(
         out_dir / "confusion_matrix.png", dpi=120

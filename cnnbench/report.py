@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import math
 import os
@@ -24,6 +25,9 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from cnnbench.atomic import write_text
+from cnnbench.config import class_name
+from cnnbench.errors import fail
 from cnnbench.runs import NOT_IDENTITY, flatten, objective
 
 
@@ -99,7 +103,7 @@ def short(value: object) -> str:
     if value is None:
         return ""
     if isinstance(value, str) and value.startswith(("torch.", "cnnbench.")):
-        return value.rsplit(".", 1)[-1]  # torch.optim.SGD -> SGD
+        return class_name(value)  # torch.optim.SGD -> SGD
     return str(value)
 
 
@@ -217,14 +221,16 @@ def report(dirs: list[Path], out: Path | None = None) -> str:
     out = out or dirs[0]
     out.mkdir(parents=True, exist_ok=True)
     text = markdown(headers, shown)
-    (out / "report.md").write_text(
+    write_text(
+        out / "report.md",
         f"# Comparison of {len(runs)} runs\n\n{text}\n![curves](curves.png)\n\n"
-        "![tradeoffs](tradeoffs.png)\n"
+        "![tradeoffs](tradeoffs.png)\n",
     )
-    with open(out / "report.csv", "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(headers)
-        writer.writerows(raw)
+    table_csv = io.StringIO(newline="")
+    writer = csv.writer(table_csv)
+    writer.writerow(headers)
+    writer.writerows(raw)
+    write_text(out / "report.csv", table_csv.getvalue())
     figures(runs, out)
     return text
 
@@ -262,8 +268,9 @@ class WriteBestRun(Callback):
             f"python -m cnnbench --config-dir {shlex.quote(str(sweep_dir.absolute()))} "
             "--config-name best_config"
         )
-        (sweep_dir / "best_trial.yaml").write_text(
-            f"run_dir: {best.path}\nobjective: {metric}\nvalue: {value}\nrerun: {command}\n"
+        write_text(
+            sweep_dir / "best_trial.yaml",
+            f"run_dir: {best.path}\nobjective: {metric}\nvalue: {value}\nrerun: {command}\n",
         )
         print(f"best run: {best.path} ({metric} {value:.4f}); rerun it with:\n  {command}")
 
@@ -279,8 +286,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         text = report(args.dirs, args.out)
     except (ReportError, OSError) as err:
-        print(f"cnnbench.report: error: {err}", file=sys.stderr)
-        sys.exit(2)
+        fail("cnnbench.report", err)
     print(text)
     print(f"report.md, report.csv, curves.png, tradeoffs.png: {args.out or args.dirs[0]}")
 

@@ -8,8 +8,6 @@ epoch), TensorBoard events, last.pt / best.pt and, for a command-line run, Hydra
 from __future__ import annotations
 
 import json
-import math
-import os
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -57,20 +55,13 @@ def newest_matching_run(cfg: dict, base: Path = Path("outputs")) -> Path | None:
     return None
 
 
-def write_json(path: Path, obj: dict) -> None:
-    """Whole or not at all, so a reader never sees half a file; NaN and inf become null,
-    which strict JSON parsers accept."""
-
-    def finite(v):
-        if isinstance(v, float) and not math.isfinite(v):
-            return None
-        if isinstance(v, dict):
-            return {k: finite(x) for k, x in v.items()}
-        return [finite(x) for x in v] if isinstance(v, list) else v
-
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(finite(obj), indent=2, allow_nan=False) + "\n")
-    os.replace(tmp, path)
+def read_results(run_dir: Path) -> dict | None:
+    """A run directory's results.json; None when there is none or it cannot be read."""
+    try:
+        results = json.loads((Path(run_dir) / "results.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return results if isinstance(results, dict) else None
 
 
 def objective(results: dict) -> float | None:

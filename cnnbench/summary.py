@@ -9,19 +9,16 @@ as training (so the model's input size and any dataset.resize apply) and reads n
 from __future__ import annotations
 
 import argparse
-import sys
 from dataclasses import dataclass
 
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.errors import HydraException
-from omegaconf import DictConfig
-from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from cnnbench import data
-from cnnbench.config import CONFIG_DIR, ConfigError, image_size, validate
+from cnnbench.build import build_model
+from cnnbench.config import compose, image_size, validate
+from cnnbench.errors import ConfigError, fail
 
 
 @dataclass
@@ -99,18 +96,6 @@ def summarize(model: nn.Module, input_shape: tuple[int, int, int], depth: int = 
     )
 
 
-def forward_flops(model: nn.Module, input_shape: tuple[int, int, int]) -> int:
-    """FLOPs of one image's forward pass (convolutions and matrix products, a multiply-add
-    counts 2)."""
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(torch.zeros(1, *input_shape, device=device))
-    model.train(was_training)
-    return counter.get_total_flops()
-
-
 def human(n: float) -> str:
     for unit in ("", "K", "M", "G", "T"):
         if abs(n) < 1000:
@@ -150,11 +135,6 @@ def render(s: Summary, title: str) -> str:
     )
 
 
-def load_config(overrides: list[str]) -> DictConfig:
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
-        return compose("config", overrides=overrides)
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m cnnbench.summary",
@@ -166,19 +146,16 @@ def main(argv: list[str] | None = None) -> None:
         "--depth", type=int, default=1, help="how many levels of submodules to list (default 1)"
     )
     args = parser.parse_args(argv)
-    from cnnbench.train import build_model  # train.py imports this module
-
     if args.depth < 1:
         parser.error(f"--depth {args.depth}: give 1 or more")
     try:
-        cfg = load_config(args.overrides)
+        cfg = compose(args.overrides)
         validate(cfg)
         spec = data.SPECS[cfg.dataset.name]
         size = image_size(cfg)
-        model = build_model(cfg, spec, size, torch.device("cpu"))
-    except (ConfigError, HydraException, OmegaConfBaseException) as err:
-        print(f"cnnbench.summary: error: {err}", file=sys.stderr)
-        sys.exit(2)
+        model = build_model(cfg, torch.device("cpu"))
+    except ConfigError as err:
+        fail("cnnbench.summary", err)
     s = summarize(model, (spec.channels, size, size), args.depth)
     resized = f", resized from {spec.size}x{spec.size}" if size != spec.size else ""
     title = (

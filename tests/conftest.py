@@ -10,10 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from cnnbench.config import CONFIG_DIR
+from cnnbench.config import compose
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -93,7 +92,6 @@ def make_cfg(data_root, cache_dir) -> Callable[..., DictConfig]:
     """Compose the shipped conf/ with the test defaults plus `overrides`."""
 
     def _make(*overrides: str) -> DictConfig:
-        with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
-            return compose("config", overrides=[*small_overrides(data_root, cache_dir), *overrides])
+        return compose([*small_overrides(data_root, cache_dir), *overrides])
 
     return _make

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from cnnbench import bench, data
-from cnnbench.train import device_loader
+from cnnbench.build import device_loader
 from tests.test_cli import cnnbench
 
 # every record holds these; each a number above zero
@@ -111,7 +111,7 @@ def test_cases_name_a_model_and_a_size():
     "args,words",
     [
         (["trainer.epoch=3"], "trainer.epoch"),
-        (["--models", "nope"], "Could not find 'model/nope'"),
+        (["--models", "nope"], "model=nope: no such option"),
         (["optimizer.lr=-1"], "optimizer.lr=-1 is not allowed"),
         (["--models", "alexnet@28"], "AlexNet takes images of at least 67x67"),
     ],

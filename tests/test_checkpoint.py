@@ -203,7 +203,7 @@ def test_unsafe_broken_or_foreign_checkpoints_are_refused(tmp_path, reference, c
 
 def test_atomic_save_leaves_the_old_file_when_writing_fails(tmp_path, monkeypatch):
     path = tmp_path / "last.pt"
-    checkpoint.atomic_save({"v": 1}, path)
+    checkpoint.save({"v": 1}, path)
 
     def broken_save(obj, f):
         f.write(b"partial")
@@ -211,7 +211,7 @@ def test_atomic_save_leaves_the_old_file_when_writing_fails(tmp_path, monkeypatc
 
     monkeypatch.setattr(torch, "save", broken_save)
     with pytest.raises(OSError, match="disk full"):
-        checkpoint.atomic_save({"v": 2}, path)
+        checkpoint.save({"v": 2}, path)
     monkeypatch.undo()
     assert torch.load(path, weights_only=True) == {"v": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
@@ -255,7 +255,7 @@ def test_a_checkpoint_for_another_image_size_is_refused(make_cfg, tmp_path, refe
 
 
 def test_sweep_names_follow_the_command_line():
-    from cnnbench.config import sweep_name
+    from cnnbench.rundir import sweep_name
 
     assert sweep_name(["-m", "model=mlp,lenet", "optimizer.lr=0.1", "dataset.root=/data",
                        "hydra/launcher=joblib"]) == "model=mlp,lenet__optimizer.lr=0.1"  # fmt: skip

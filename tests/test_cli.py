@@ -65,7 +65,7 @@ def test_default_output_layout_and_sweep(tmp_path, data_root):
 @pytest.mark.parametrize(
     "override,words",
     [
-        ("model=nope", "Could not find 'model/nope'"),
+        ("model=nope", "model=nope: no such option"),
         ("trainer.epoch=3", "Could not override 'trainer.epoch'"),
         ("optimizer.lr=-1", "optimizer.lr=-1 is not allowed: use a number > 0"),
         ("dataset.batch_size=0", "dataset.batch_size=0 is not allowed: use an integer >= 1"),

@@ -19,9 +19,9 @@ from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from cnnbench import data, distributed
+from cnnbench.build import build_model, device_loader
 from cnnbench.data import DataError
 from cnnbench.eval import evaluate
-from cnnbench.train import build_model, device_loader
 from tests.conftest import small_overrides
 from tests.test_cli import cnnbench, env
 
@@ -185,9 +185,8 @@ def test_only_rank_zero_writes_and_the_logged_metrics_are_global(runs, data_root
     assert steps == [STEPS * e for e in range(1, 5)]
     # the logged test accuracy is over the whole test split, as one process measures it
     ckpt = torch.load(two / "last.pt", weights_only=True)
-    spec = data.SPECS["fashion_mnist"]
     cfg = OmegaConf.create(ckpt["config"])
-    model = build_model(cfg, spec, 28, torch.device("cpu"))
+    model = build_model(cfg, torch.device("cpu"))
     model.load_state_dict(ckpt["model"])
     test_set = data.load("fashion_mnist", "test", data_root, False, tmp_path / "cache")
     assert (

@@ -10,8 +10,10 @@ import torch
 from hydra.utils import instantiate
 
 from cnnbench import checkpoint, data
-from cnnbench.config import ConfigError, image_size
-from cnnbench.train import Interrupted, build_model, keep_freed_memory, seed_everything, train
+from cnnbench.build import build_model, keep_freed_memory
+from cnnbench.config import ConfigError
+from cnnbench.seeding import seed_everything
+from cnnbench.train import Interrupted, train
 from tests.test_checkpoint import signal_at_step
 
 
@@ -36,7 +38,7 @@ def test_bookkeeping_equals_a_plain_per_step_loop(make_cfg, tmp_path):
     common = dict(device=device, mean=spec.mean, std=spec.std)
     loader = data.DeviceLoader(*train_set, ds.batch_size, shuffle=True, seed=0, **common)
     test_loader = data.DeviceLoader(*test_set, cfg.trainer.eval_batch_size, **common)
-    model = build_model(cfg, spec, image_size(cfg), device)
+    model = build_model(cfg, device)
     optimizer = instantiate(cfg.optimizer)(model.parameters())
     loss_fn = torch.nn.CrossEntropyLoss()
     for epoch, row in enumerate(logged, start=1):

@@ -3,28 +3,26 @@ exactly the inputs its YAML says it takes."""
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 from torch import nn
 
 from cnnbench import data
-from cnnbench.config import CONFIG_DIR, image_size
+from cnnbench.build import build_model
+from cnnbench.config import CONFIG_DIR, compose, image_size
 from cnnbench.summary import summarize
-from cnnbench.train import build_model
 
 MODELS = sorted(p.stem for p in (CONFIG_DIR / "model").glob("*.yaml"))
 CPU = torch.device("cpu")
 
 
 def config(*overrides: str) -> DictConfig:
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
-        return compose("config", overrides=list(overrides))
+    return compose(list(overrides))
 
 
 def build(name: str, *overrides: str, dataset: str = "mnist", size: int | None = None):
-    cfg = config(f"model={name}", f"dataset={dataset}", *overrides)
-    size = size or image_size(cfg)
-    return build_model(cfg, data.SPECS[dataset], size, CPU), size
+    resize = [f"dataset.resize={size}"] if size else []
+    cfg = config(f"model={name}", f"dataset={dataset}", *overrides, *resize)
+    return build_model(cfg, CPU), image_size(cfg)
 
 
 @pytest.mark.parametrize("dataset", ["mnist", "cifar10"])

@@ -38,7 +38,7 @@ def test_rows_are_the_textbook_listing_and_depth_opens_blocks(capsys):
     "args,words",
     [
         (["model=alexnet", "dataset.resize=28"], "AlexNet takes images of at least 67x67"),
-        (["model=nope"], "Could not find 'model/nope'"),
+        (["model=nope"], "model=nope: no such option"),
         (["optimizer.lr=-1"], "optimizer.lr=-1 is not allowed"),
     ],
 )

@@ -1,0 +1,3 @@
+from cnnbench.bench import main
+
+main()

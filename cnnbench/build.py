@@ -1,0 +1,228 @@
+"""Config in, objects out: the model, the device-resident loaders, the optimizer and its
+schedule, and the engine's switches. train.py, eval.py, summary.py and the bench all build
+through here, so that each builds exactly what a run trains.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import inspect
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import hydra
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.flop_counter import FlopCounterMode
+
+from cnnbench import data, distributed
+from cnnbench.config import MODEL_INPUT_KEYS, image_size, model_name
+from cnnbench.errors import ConfigError
+
+# trainer.precision -> the dtype autocast computes in (None: no autocast)
+PRECISIONS = {"32": None, "bf16": torch.bfloat16, "16-mixed": torch.float16}
+
+
+@contextmanager
+def blame(group: str, node: DictConfig) -> Iterator[None]:
+    """Turn a constructor's complaint about its arguments into one ConfigError naming the
+    group: torch's optimizers and schedulers, and our models, check their own arguments."""
+    try:
+        yield
+    except (InstantiationException, ValueError, TypeError, ZeroDivisionError) as err:
+        cause = err.__cause__ if isinstance(err, InstantiationException) else err
+        raise ConfigError(
+            f"{group} ({node._target_}): {cause or err}\nFix the {group}.* values; "
+            "python -m cnnbench --cfg job shows them."
+        ) from None
+
+
+# ---------------------------------------------------------------------------- the model
+
+
+def build_model(cfg: DictConfig, device: torch.device) -> nn.Module:
+    """Instantiate the model and run one image through it, which sizes its lazy layers."""
+    spec, size = data.SPECS[cfg.dataset.name], image_size(cfg)
+    node = OmegaConf.masked_copy(cfg.model, [k for k in cfg.model if k not in MODEL_INPUT_KEYS])
+    with blame("model", cfg.model):
+        model = instantiate(node, in_channels=spec.channels, num_classes=len(spec.classes))
+    model = model.to(device).eval()
+    with torch.no_grad():
+        out = model(torch.zeros(1, spec.channels, size, size, device=device))
+    if out.shape != (1, len(spec.classes)):
+        raise ConfigError(
+            f"{cfg.model._target_} returned shape {tuple(out.shape)} for one image; "
+            f"expected (1, {len(spec.classes)})"
+        )
+    return model
+
+
+def forward_flops(model: nn.Module, input_shape: tuple[int, int, int]) -> int:
+    """FLOPs of one image's forward pass (convolutions and matrix products, a multiply-add
+    counts 2)."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.zeros(1, *input_shape, device=device))
+    model.train(was_training)
+    return counter.get_total_flops()
+
+
+def describe(cfg: DictConfig, model: nn.Module, loaders: Loaders, device: torch.device) -> str:
+    """The run's start line."""
+    spec, size = data.SPECS[cfg.dataset.name], image_size(cfg)
+    params = sum(p.numel() for p in model.parameters())
+    return (
+        f"{model_name(cfg)} on {spec.title} ({loaders.train.num_samples} train / "
+        f"{loaders.test.num_samples} test images at {size}x{size}), {params:,} parameters, "
+        f"device {device}"
+    )
+
+
+# ---------------------------------------------------------------------------- the data
+
+
+def device_loader(
+    cfg: DictConfig, split: data.Split, device: torch.device, train: bool = False
+) -> data.DeviceLoader:
+    """The batches of a split on the device: shuffled and augmented for training; in large
+    batches, in order, for evaluation."""
+    spec, size, ds = data.SPECS[cfg.dataset.name], image_size(cfg), cfg.dataset
+    common = dict(
+        device=device, mean=spec.mean, std=spec.std, normalize=ds.normalize,
+        resize=size if size != spec.size else None, channels_last=cfg.trainer.channels_last,
+        rank=distributed.rank(), world_size=distributed.world_size(),
+    )  # fmt: skip
+    if train:
+        return data.DeviceLoader(
+            *split, ds.batch_size, shuffle=True, seed=cfg.trainer.seed,
+            limit_batches=cfg.trainer.limit_train_batches, translate=ds.translate, flip=ds.flip,
+            **common,
+        )  # fmt: skip
+    return data.DeviceLoader(
+        *split, cfg.trainer.eval_batch_size, limit_batches=cfg.trainer.limit_test_batches, **common
+    )
+
+
+def load_splits(cfg: DictConfig) -> tuple[data.Split, data.Split | None, data.Split]:
+    """(train, validation or None, test), decoded once and cached on disk; under torchrun,
+    rank 0 reads (or downloads) first."""
+    ds = cfg.dataset
+
+    def load(split: str) -> data.Split:
+        return distributed.main_first(
+            lambda: data.load(ds.name, split, ds.root, ds.download, ds.cache_dir)
+        )
+
+    train_set, test_set = load("train"), load("test")
+    train_set, val_set = data.hold_out(*train_set, ds.val_size, seed=cfg.trainer.seed)
+    return train_set, val_set, test_set
+
+
+@dataclass
+class Loaders:
+    train: data.DeviceLoader
+    test: data.DeviceLoader
+    val: data.DeviceLoader | None  # dataset.val_size > 0
+
+
+def build_loaders(cfg: DictConfig, device: torch.device) -> Loaders:
+    train_set, val_set, test_set = load_splits(cfg)
+    loaders = Loaders(
+        train=device_loader(cfg, train_set, device, train=True),
+        test=device_loader(cfg, test_set, device),
+        val=device_loader(cfg, val_set, device) if val_set is not None else None,
+    )
+    train = loaders.train
+    distributed.check_global_batch(
+        cfg.dataset.batch_size, train.num_samples, train.batch_len(len(train) - 1)
+    )
+    return loaders
+
+
+# ---------------------------------------------------------------------------- optimization
+
+
+def build_optimizer(cfg: DictConfig, model: nn.Module) -> torch.optim.Optimizer:
+    with blame("optimizer", cfg.optimizer):
+        return instantiate(cfg.optimizer, _convert_="all")(model.parameters())
+
+
+def build_scheduler(
+    cfg: DictConfig, optimizer: torch.optim.Optimizer, total_steps: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    with blame("scheduler", cfg.scheduler):
+        return instantiate(cfg.scheduler, _convert_="all")(
+            optimizer, **run_length_args(cfg.scheduler, total_steps)
+        )
+
+
+def run_length_args(node: DictConfig, total_steps: int) -> dict:
+    """Schedulers step after every optimizer step. One whose horizon is the whole run (T_max
+    of cosine, total_steps of one-cycle) is given the run's length here, unless its YAML
+    sets it."""
+    params = inspect.signature(hydra.utils.get_class(node._target_)).parameters
+    return {k: total_steps for k in ("T_max", "total_steps") if k in params and k not in node}
+
+
+# ---------------------------------------------------------------------------- the engine
+
+
+@dataclass
+class Engine:
+    """How the model runs: `forward` is the model, or its DDP wrapper, compiled or not (the
+    weights that are saved stay in the model); autocast and the gradient scaler follow
+    trainer.precision."""
+
+    forward: nn.Module
+    autocast: torch.autocast
+    scaler: torch.amp.GradScaler
+
+
+def build_engine(cfg: DictConfig, model: nn.Module, device: torch.device) -> Engine:
+    """The trainer's switches: channels-last weights (in place), DistributedDataParallel under
+    torchrun, torch.compile, autocast, and the gradient scaler float16 needs (its gradients
+    underflow; bfloat16 has float32's range)."""
+    if cfg.trainer.channels_last:
+        model.to(memory_format=torch.channels_last)
+    forward = model
+    if distributed.world_size() > 1:  # all-reduces the gradients during backward
+        forward = DistributedDataParallel(
+            model, device_ids=[device] if device.type == "cuda" else None
+        )
+    forward = torch.compile(forward) if cfg.trainer.compile else forward
+    dtype = PRECISIONS[str(cfg.trainer.precision)]
+    autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    return Engine(forward, autocast, scaler)
+
+
+def tune_backend(device: torch.device) -> None:
+    if device.type == "cuda":  # the fastest convolution algorithms for these fixed shapes
+        torch.backends.cudnn.benchmark = True
+    else:
+        keep_freed_memory()
+
+
+def keep_freed_memory() -> None:
+    """CPU training frees and reallocates megabytes of activations every step. glibc hands
+    such blocks back to the kernel and maps them again, paying a page fault per 4 KiB page;
+    keeping them in the heap made bfloat16 runs 1.2x faster here (docs/performance.md), as
+    torch's `torch.backends.xeon.run_cpu --enable-jemalloc` launcher does with another
+    allocator. glibc only (elsewhere nothing changes); CNNBENCH_TUNE_MALLOC=0 turns it off."""
+    if os.environ.get("CNNBENCH_TUNE_MALLOC", "1") == "0":
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc: macOS, Windows, musl
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
+    libc.mallopt(m_trim_threshold, 2**30)
+    libc.mallopt(m_mmap_threshold, 2**25)  # the largest value glibc allows, 32 MiB

@@ -1,0 +1,315 @@
+"""The command line: `python -m cnnbench [overrides]` (and `cnnbench`, the console script).
+
+Before Hydra starts, the overrides are checked: an unknown option, a misspelt key or a bad
+value stops with one line and exit code 2, before Hydra creates a run directory, and before
+torch is imported (it is imported where training starts). Then Hydra composes the run and
+`run()` trains it, turning every way a run can end into its message and exit code:
+0 ok, 1 diverged, 2 a bad input, 128 + N stopped by signal N.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shlex
+import shutil
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override
+from hydra.errors import HydraException
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from cnnbench.config import (
+    CONFIG_DIR,
+    class_name,
+    compose,
+    explain,
+    group_options,
+    resolved,
+    validate,
+)
+from cnnbench.errors import USER_ERRORS, ConfigError, WriteError, fail
+from cnnbench.rundir import check_writable, claim
+from cnnbench.runs import objective, read_results
+
+log = logging.getLogger("cnnbench.train")
+# Hydra flags after which nothing is trained: answered without composing twice
+QUERIES = ("--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--shell-completion",
+           "-sc", "--version", "--resolve", "-p", "--package")  # fmt: skip
+MULTIRUN = ("-m", "--multirun")
+
+
+def launched() -> bool:
+    """Started by torchrun with more than one process (read from its environment, so that the
+    command line imports no torch)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def tell(*args, **kwargs) -> None:
+    """print() on rank 0 only: the other processes of a distributed run would say the same."""
+    if os.environ.get("RANK", "0") == "0":
+        print(*args, **kwargs)
+
+
+# ---------------------------------------------------------------------------- before Hydra
+
+
+def parse(args: list[str]) -> list[Override]:
+    try:
+        return OverridesParser.create().parse_overrides([a for a in args if not a.startswith("-")])
+    except HydraException as err:
+        fail("cnnbench", f"{err}".splitlines()[0] + " (overrides are key=value, e.g. model=mlp)")
+
+
+def check_overrides(args: list[str]) -> None:
+    """Refuse what Hydra would refuse (an unknown option, a misspelt key, a value of the wrong
+    type) and what the run would refuse (a value out of range), with one line each, before
+    Hydra creates a run directory."""
+    overrides = parse(args)
+    try:
+        for o in overrides:  # every value of a sweep, e.g. model=lenet,resnt
+            if o.is_sweep_override() and (CONFIG_DIR / o.key_or_group).is_dir():
+                options = group_options(o.key_or_group)
+                for value in map(str, o.sweep_iterator()):
+                    if value not in options:
+                        raise explain_missing(o.key_or_group, value)
+        first = [f"{o.get_key_element()}={next(iter(o.sweep_string_iterator()))}"
+                 if o.is_sweep_override() else o.input_line for o in overrides]  # fmt: skip
+        cfg = compose(first, hydra_config=True)
+        sweep = any(a in MULTIRUN for a in args) or cfg.hydra.mode == RunMode.MULTIRUN
+        if not sweep:  # a sweep's jobs are checked one by one (README: sweeps)
+            del cfg.hydra
+            validate(cfg, given={o.key_or_group: o.value() for o in overrides})
+    except ConfigError as err:
+        fail("cnnbench", err)
+
+
+def explain_missing(group: str, value: str) -> ConfigError:
+    return explain(
+        hydra.errors.MissingConfigException(f"Could not find '{group}/{value}'", value),
+        [f"{group}={value}"],
+    )
+
+
+def check_run_dir(overrides: list[Override]) -> None:
+    """Hydra creates the run directory before any of cnnbench's code runs: one that cannot be
+    written, or that holds a run already, is refused first."""
+    resuming = any(o.key_or_group == "trainer.resume" for o in overrides)
+    for o in overrides:
+        value = o.value()
+        # an interpolated directory is checked by conf/config.yaml's resolver instead
+        given = isinstance(value, str) and "${" not in value
+        if o.key_or_group in ("hydra.run.dir", "hydra.sweep.dir") and given:
+            check_writable(value)
+        if o.key_or_group == "hydra.run.dir" and given and not resuming:
+            folder = Path(value).expanduser()
+            if (folder / "metrics.csv").exists():
+                try:  # refused before Hydra writes its .hydra/ files into the run there
+                    claim(folder, restart=False)
+                except ConfigError as err:
+                    fail("cnnbench", err)
+
+
+def main() -> None:
+    """The console entry point. Under torchrun, the processes then join up (so that they
+    agree on the run directory), and only rank 0 writes Hydra's files and logs."""
+    args = sys.argv[1:]
+    check_run_dir(parse(args))
+    if not any(a.split("=")[0] in QUERIES for a in args):
+        check_overrides(args)
+    if not launched():
+        hydra_main()
+        return
+    from cnnbench import distributed
+
+    distributed.init()
+    if not distributed.is_main():
+        quiet = ["hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
+        sys.argv += ["hydra.output_subdir=null", *quiet]
+    try:
+        hydra_main()
+    finally:
+        distributed.close()
+
+
+# ---------------------------------------------------------------------------- the run
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
+def hydra_main(cfg: DictConfig) -> float:
+    """One run (or one job of a sweep). Returns what a sweeper maximises."""
+    hydra_cfg = HydraConfig.get()
+    out_dir = Path(hydra_cfg.runtime.output_dir)
+    sweep = hydra_cfg.mode == RunMode.MULTIRUN
+    searching = "optuna" in str(hydra_cfg.sweeper.get("_target_", "")).lower()
+    if searching and not cfg.dataset.val_size:  # the same for every trial: the search stops
+        fail(
+            "cnnbench",
+            "a hyperparameter search needs a validation split, so that it never tunes on the "
+            "test set: set dataset.val_size, e.g. dataset.val_size=10000",
+        )
+    try:
+        results = run(cfg, out_dir, sweep)
+    except BaseException as err:
+        return ending(err, cfg, out_dir, sweep, searching)
+    if results["status"] != "ok":
+        tell(f"cnnbench: run {results['status']} - {out_dir}", file=sys.stderr)
+        if not sweep:
+            sys.exit(1)
+        return score(results)
+    tell(
+        f"test accuracy {results['test_acc']:.4f} (best {results['best_test_acc']:.4f}, "
+        f"epoch {results['best_epoch']}) - {out_dir}"
+    )
+    return score(results)
+
+
+def run(cfg: DictConfig, out_dir: Path, sweep: bool) -> dict:
+    """Train, resume or, for a run that has finished, report it."""
+    from cnnbench import checkpoint
+    from cnnbench.train import train  # torch is imported here, where training starts
+
+    resume = to_resume(cfg.trainer.resume, out_dir)
+    if sweep and cfg.trainer.resume is None and (out_dir / "last.pt").is_file():
+        resume = out_dir / "last.pt"  # the same sweep run again: this job goes on
+    results = read_results(out_dir) if resume else None
+    if results and finished(results, cfg):
+        checkpoint.check_same_run(results["config"], out_dir, resolved(cfg))
+        tell(f"already finished: test accuracy {results['test_acc']:.4f} - {out_dir}")
+        return results
+    return train(cfg, out_dir, resume, restart=sweep)
+
+
+def to_resume(setting: str | None, out_dir: Path) -> Path | None:
+    """trainer.resume: null starts afresh; a path names a checkpoint or run directory;
+    auto takes this directory's last.pt, which conf/config.yaml's run-directory resolver
+    chose as the newest run with the same config (none: a fresh run)."""
+    from cnnbench import checkpoint
+
+    if setting is None:
+        return None
+    if setting == "auto":
+        return out_dir / "last.pt" if (out_dir / "last.pt").is_file() else None
+    return checkpoint.find(setting)
+
+
+def finished(results: dict, cfg: DictConfig) -> bool:
+    """results.json of a run that trained all of cfg's epochs."""
+    return results.get("status") == "ok" and results.get("epochs_done") == cfg.trainer.epochs
+
+
+def score(results: dict) -> float:
+    """The value a sweeper (Optuna) maximises. A failed or diverged run scores 0, the worst
+    accuracy, so that a search goes on: hydra-optuna-sweeper stops at a NaN."""
+    value = objective(results)
+    return 0.0 if value is None else value
+
+
+# ---------------------------------------------------------------------------- how a run ends
+
+
+def ending(err: BaseException, cfg: DictConfig, out_dir: Path, sweep: bool, searching: bool):
+    """The message and exit code of a run that did not finish; in a sweep, a job that failed
+    is recorded and the sweep goes on (returns its score)."""
+    from cnnbench.signals import Interrupted
+
+    if isinstance(err, Interrupted):
+        if searching:  # a new search draws new trials: this one is not picked up again
+            tell(f"cnnbench: {err}; trial {HydraConfig.get().job.num} is abandoned (its "
+                 f"checkpoint is {err.checkpoint}). Running the same command again adds new "
+                 "trials to the study.", file=sys.stderr)  # fmt: skip
+        else:
+            tell(f"cnnbench: {err}; checkpoint saved to {err.checkpoint}. Resume with:\n"
+                 f"  {resume_command(out_dir, sweep)}", file=sys.stderr)  # fmt: skip
+        sys.exit(128 + err.signum)
+    if isinstance(err, KeyboardInterrupt):
+        last = out_dir / "last.pt"
+        kept = f"the last checkpoint is {last}" if last.exists() else "no checkpoint was saved yet"
+        tell(f"cnnbench: stopped at once; {kept}", file=sys.stderr)
+        sys.exit(130)
+    if not isinstance(err, Exception):
+        raise err
+    known = isinstance(err, USER_ERRORS)
+    # under torchrun, a job that failed on one process cannot go on without it: all stop
+    together = launched()
+    full = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    if full or not (known or sweep) or (together and not known):
+        raise err
+    if not sweep or together:
+        discard_unclaimed(out_dir)
+        fail("cnnbench", f"{err}{resume_hint(err, out_dir)}")
+    tell(f"cnnbench: error: {err}", file=sys.stderr)
+    if not known:
+        log.exception(f"job {HydraConfig.get().job.num} failed")
+    recorded = (read_results(out_dir) or {}).get("status") == "error"
+    if os.environ.get("RANK", "0") == "0" and not recorded:  # an error before train() got far
+        from cnnbench.runlog import record_failure
+
+        record_failure(out_dir, err, resolved(cfg))
+    return score({})
+
+
+def resume_hint(err: Exception, out_dir: Path) -> str:
+    """A full disk stops a run that can go on once there is room."""
+    if isinstance(err, WriteError) and (out_dir / "last.pt").is_file():
+        return f". Make room, then resume with:\n  {resume_command(out_dir, sweep=False)}"
+    return ""
+
+
+def discard_unclaimed(out_dir: Path) -> None:
+    """A run refused before it claimed its directory leaves none behind: Hydra made it, with
+    nothing in it but its own .hydra/ and train.log."""
+    if os.environ.get("RANK", "0") != "0" or not out_dir.is_dir():
+        return
+    if set(os.listdir(out_dir)) <= {".hydra", "train.log"} and out_dir.resolve() != Path.cwd():
+        logging.shutdown()  # Hydra's handler holds train.log open
+        shutil.rmtree(out_dir, ignore_errors=True)
+        with contextlib.suppress(OSError):  # outputs/<date>/, when this was its only run
+            out_dir.parent.rmdir()
+
+
+def launcher() -> list[str]:
+    """How this process was started: python -m, or torchrun with as many processes."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return ["python", "-m"]
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    nodes = world // per_node
+    if nodes == 1:
+        return ["torchrun", "--standalone", f"--nproc_per_node={per_node}", "-m"]
+    # several hosts: the rendezvous options of the first start are needed again
+    return ["torchrun", f"--nnodes={nodes}", f"--nproc_per_node={per_node}", "<rdzv options>", "-m"]
+
+
+def resume_command(out_dir: Path, sweep: bool) -> str:
+    """The command that continues this run: the same sweep again, or this run's command line
+    with trainer.resume pointing at its directory."""
+    overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith("trainer.resume=")]
+    flags = [a for a in sys.argv[1:] if a.startswith(("--config", "-cp", "-cn", "-cd"))]
+    if sweep:  # the sweep's own command line: every job of it goes on where it stopped
+        return shlex.join([*launcher(), "cnnbench", *sys.argv[1:]])
+    return shlex.join([*launcher(), "cnnbench", *flags, *overrides, f"trainer.resume={out_dir}"])
+
+
+class TorchrunSweeps(Callback):
+    """Under torchrun, a sweep runs its jobs one after another, each on all processes. A
+    sweeper or launcher of its own (Optuna, joblib, submitit) would have each process draw
+    or start jobs alone: refused before the first job, once, on rank 0."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        plugins = [str(config.hydra[k].get("_target_", "")) for k in ("sweeper", "launcher")]
+        parting = [class_name(p) for p in plugins if ".Basic" not in p]
+        if launched() and parting:
+            fail(
+                "cnnbench",
+                "under torchrun a sweep runs its jobs one after another on all processes, with "
+                f"Hydra's basic sweeper and launcher; with {' and '.join(parting)} the processes "
+                "would each go their own way. Run it without torchrun.",
+            )

@@ -1,0 +1,115 @@
+"""Run directories: how conf/config.yaml names them (its `cnnbench.*` resolvers), whether one
+can be written, and how a run claims one. No torch here: Hydra resolves these names before any
+training code is imported.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+from datetime import datetime
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from cnnbench.errors import ConfigError, fail
+from cnnbench.runs import NOT_IDENTITY, newest_matching_run
+
+# the moment the run started; a torchrun run sets it to rank 0's, so that every process
+# names the same directory (distributed.init)
+started: datetime | None = None
+
+
+def now(pattern: str) -> str:
+    return (started or datetime.now()).strftime(pattern)
+
+
+def sweep_name(argv: list[str] | None = None) -> str:
+    """A sweep directory's name: the sweep's command line (without paths and devices), so that
+    running the same sweep again finds its directory (and each job its own). Hydra resolves it
+    once, at the start of the sweep, and hands the value to every job (the resolver caches)."""
+    args = sys.argv[1:] if argv is None else argv
+    # in the order given: Hydra numbers the jobs in that order
+    kept = [
+        a.replace("/", "_")
+        for a in args
+        if a not in ("-m", "--multirun")
+        and not a.lstrip("+~").startswith("hydra")
+        and a.split("=", 1)[0].lstrip("+~") not in NOT_IDENTITY
+    ]
+    name = "__".join(kept) or "defaults"
+    if len(name) > 150:
+        name = f"{name[:130]}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
+    return name
+
+
+def check_writable(folder: str) -> None:
+    """Hydra creates the run directory before any cnnbench code runs, so an unusable one is
+    reported before Hydra starts: one message and exit code 2."""
+    path = Path(folder).expanduser()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise PermissionError("permission denied")
+    except OSError as err:
+        fail(
+            "cnnbench",
+            f"cannot write the run directory {folder} ({err.strerror or err}). Choose another, "
+            "e.g. hydra.run.dir=outputs/my-run (hydra.sweep.dir for -m)",
+        )
+
+
+def claim(out_dir: Path, restart: bool) -> bool:
+    """Creating metrics.csv claims the directory, so two runs never share one. With `restart`
+    (a sweep job run again before it saved a checkpoint), a claimed directory is taken over;
+    the return value says whether it was."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        (out_dir / "metrics.csv").open("x").close()
+    except FileExistsError:  # e.g. two runs started within the same second
+        if restart:
+            return True
+        raise ConfigError(
+            f"{out_dir} already holds a run; its metrics, events and results are left as they "
+            "are. Give this run its own directory, e.g. hydra.run.dir=outputs/my-run, or "
+            f"continue it with trainer.resume={out_dir}"
+        ) from None
+    return False
+
+
+def _resumed_dir(resume: str | None, root: DictConfig) -> str | None:
+    if resume is None:
+        return None
+    # absolute: in a sweep, Hydra joins this onto the sweep directory
+    if resume == "auto":
+        found = newest_matching_run(OmegaConf.to_container(root, resolve=False))
+        return str(found.absolute()) if found else None
+    path = Path(str(resume)).expanduser().absolute()
+    if path.is_file():
+        return str(path.parent)
+    return str(path) if path.is_dir() else None  # no such path: train() names the problem
+
+
+def _writable_run_dir(resume: str | None, default: str, _root_: DictConfig) -> str:
+    """hydra.run.dir and hydra.sweep.dir: the resumed run's directory, else `default`."""
+    chosen = _resumed_dir(resume, _root_) or default
+    check_writable(chosen)
+    return chosen
+
+
+def register_resolvers() -> None:
+    def resolver(name: str, fn, **kwargs) -> None:
+        OmegaConf.register_new_resolver(f"cnnbench.{name}", fn, replace=True, **kwargs)
+
+    # each sweep job's directory is named by its overrides: one path component, short enough
+    # for any file system
+    resolver("dirname", lambda name: name.replace("/", "_")[:150])
+    resolver("now", now, use_cache=True)
+    resolver("sweep_name", lambda: sweep_name(), use_cache=True)
+    resolver("not_identity", lambda: list(NOT_IDENTITY))
+    resolver("run_dir", _writable_run_dir)
+    resolver("job_dir", lambda resume, default, _root_: _resumed_dir(resume, _root_) or default)
+
+
+register_resolvers()

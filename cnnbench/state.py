@@ -1,0 +1,195 @@
+"""Where a run stands, and its checkpoint: `TrainState` holds the objects being trained and the
+position in the run (epoch, batch, step, the best accuracy, the epoch's sums so far), saves all
+of it atomically and restores it, so that a run stopped at any step resumes exactly.
+
+The checkpoint is a plain dict (checkpoint.FORMAT) that `torch.load(weights_only=True)` reads.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from cnnbench import __version__, checkpoint, distributed
+
+
+@dataclass
+class Trainables:
+    """What a checkpoint saves the state_dict of, and what a resumed run is checked against."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    config: dict  # resolved
+    in_channels: int
+    num_classes: int
+    image_size: int
+
+
+@dataclass
+class EpochTotals:
+    """The epoch's sums over all processes."""
+
+    loss: torch.Tensor
+    correct: torch.Tensor
+    window: torch.Tensor
+    seen: int
+
+    @property
+    def train_loss(self) -> float:
+        return self.loss.item() / max(self.seen, 1)
+
+    @property
+    def train_acc(self) -> float:
+        return self.correct.item() / max(self.seen, 1)
+
+
+@dataclass
+class TrainState:
+    parts: Trainables
+    device: torch.device
+    epochs_done: int = 0
+    batches_done: int = 0  # of the epoch in progress
+    step: int = 0
+    best_acc: float = 0.0  # validation accuracy with a validation split, else test accuracy
+    best_epoch: int = 0
+    history: list[dict] = field(default_factory=list)  # the rows of metrics.csv
+    seen: int = 0  # images of the epoch in progress (this process)
+    window_steps: int = 0  # steps since the last train/loss point
+    elapsed_s: float = 0.0  # time spent in the epoch in progress before this process
+    wall_s: float = 0.0  # the run's time before this process
+    # the sums of the epoch in progress stay on the device: reading one forces a host sync, so
+    # that happens only at the log cadence and at the end of an epoch
+    loss_sum: torch.Tensor = None
+    correct: torch.Tensor = None
+    window: torch.Tensor = None  # the training loss since the last train/loss point
+    started: float = field(default_factory=time.perf_counter)  # this process's start
+    _epoch_tic: float = 0.0
+
+    def __post_init__(self) -> None:
+        zeros = self._zeros()
+        self.loss_sum, self.correct, self.window = zeros["loss"], zeros["correct"], zeros["window"]
+
+    def _zeros(self) -> dict[str, torch.Tensor]:
+        return dict(
+            loss=torch.zeros((), device=self.device),
+            correct=torch.zeros((), device=self.device, dtype=torch.long),
+            window=torch.zeros((), device=self.device),
+        )
+
+    # ---- the loop's bookkeeping
+
+    def begin_epoch(self) -> None:
+        self._epoch_tic = time.perf_counter()
+
+    def count(self, loss: torch.Tensor, share: torch.Tensor, logits: torch.Tensor, y) -> None:
+        """One optimizer step: the batch's mean `loss`, this process's `share` of the global
+        batch's mean loss, and its predictions."""
+        self.step += 1
+        self.batches_done += 1
+        self.seen += len(y)
+        self.loss_sum += loss.detach() * len(y)
+        self.correct += (logits.detach().argmax(1) == y).sum()
+        self.window += share.detach()
+        self.window_steps += 1
+
+    def window_loss(self) -> float:
+        """The mean training loss since the last point, over all processes; starts a new window."""
+        mean = distributed.total(self.window).item() / self.window_steps
+        self.window.zero_()
+        self.window_steps = 0
+        return mean
+
+    def epoch_s(self) -> float:
+        return self.elapsed_s + time.perf_counter() - self._epoch_tic
+
+    def run_s(self) -> float:
+        return self.wall_s + time.perf_counter() - self.started
+
+    def totals(self) -> EpochTotals:
+        """The epoch's sums over all processes (every process must ask)."""
+        return EpochTotals(
+            loss=distributed.total(self.loss_sum),
+            correct=distributed.total(self.correct),
+            window=distributed.total(self.window),
+            seen=int(distributed.total(torch.tensor(self.seen))),
+        )
+
+    def end_epoch(self, row: dict, tracked_acc: float) -> bool:
+        """Record the epoch's row; the next epoch's sums start at zero (the window goes on).
+        Returns whether the tracked accuracy improved on the best so far."""
+        self.history.append(row)
+        self.epochs_done += 1
+        self.batches_done, self.seen, self.elapsed_s = 0, 0, 0.0
+        self.loss_sum.zero_()
+        self.correct.zero_()
+        improved = tracked_acc > self.best_acc
+        if improved:
+            self.best_acc, self.best_epoch = tracked_acc, self.epochs_done
+        return improved
+
+    # ---- the checkpoint
+
+    def save(self, path: Path, window: torch.Tensor | None = None) -> None:
+        """Write the checkpoint (rank 0; every process must call it, for the sums over all of
+        them). Mid-epoch it holds the epoch's sums so far; at the end of an epoch, only the
+        loss window, whose sum over the processes the caller may pass as `window`."""
+        if self.batches_done:
+            totals = self.totals()
+        else:
+            window = distributed.total(self.window) if window is None else window
+            totals = EpochTotals(self.loss_sum, self.correct, window, seen=0)
+        if not distributed.is_main():
+            return
+        p = self.parts
+        checkpoint.save(
+            {
+                "format": checkpoint.FORMAT,
+                "cnnbench_version": __version__,
+                "config": p.config,
+                "in_channels": p.in_channels,
+                "num_classes": p.num_classes,
+                "image_size": p.image_size,
+                "model": p.model.state_dict(),
+                "optimizer": p.optimizer.state_dict(),
+                "scheduler": p.scheduler.state_dict(),
+                "scaler": p.scaler.state_dict(),
+                "rng": checkpoint.rng_states(),
+                "epochs_done": self.epochs_done,
+                "batches_done": self.batches_done,
+                "step": self.step,
+                "best_acc": self.best_acc,
+                "best_epoch": self.best_epoch,
+                "history": self.history,
+                "wall_s": self.run_s(),
+                "seen": totals.seen,
+                "window_steps": self.window_steps,
+                "elapsed_s": self.epoch_s() if self.batches_done else 0.0,
+                "sums": {"loss": totals.loss, "correct": totals.correct, "window": totals.window},
+            },
+            path,
+        )
+
+    def restore(self, ckpt: dict, path: Path) -> None:
+        """Continue where `ckpt` stopped: weights, optimizer, schedule, scaler, RNG states and
+        the position. The epoch's sums so far are over all processes: rank 0 carries them on."""
+        p = self.parts
+        checkpoint.load_weights(p.model, ckpt, path)
+        p.optimizer.load_state_dict(ckpt["optimizer"])  # moves its state to the parameters' device
+        p.scheduler.load_state_dict(ckpt["scheduler"])
+        p.scaler.load_state_dict(ckpt["scaler"])
+        checkpoint.set_rng_states(ckpt["rng"])
+        for key in ("epochs_done", "batches_done", "step", "best_acc", "best_epoch", "history"):
+            setattr(self, key, ckpt[key])
+        self.window_steps, self.elapsed_s, self.wall_s = (
+            ckpt["window_steps"], ckpt["elapsed_s"], ckpt["wall_s"]
+        )  # fmt: skip
+        if distributed.is_main():
+            sums = {k: v.to(self.device) for k, v in ckpt["sums"].items()}
+            self.loss_sum, self.correct, self.window = sums["loss"], sums["correct"], sums["window"]
+            self.seen = ckpt["seen"]
