@@ -9,6 +9,7 @@ torch is imported (it is imported where training starts). Then Hydra composes th
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import logging
 import os
@@ -18,6 +19,7 @@ import sys
 from pathlib import Path
 
 import hydra
+from hydra._internal.utils import get_args_parser
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
@@ -40,10 +42,6 @@ from cnnbench.rundir import check_writable, claim
 from cnnbench.runs import objective, read_results
 
 log = logging.getLogger("cnnbench.train")
-# Hydra flags after which nothing is trained: answered without composing twice
-QUERIES = ("--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--shell-completion",
-           "-sc", "--version", "--resolve", "-p", "--package")  # fmt: skip
-MULTIRUN = ("-m", "--multirun")
 
 
 def launched() -> bool:
@@ -61,14 +59,22 @@ def tell(*args, **kwargs) -> None:
 # ---------------------------------------------------------------------------- before Hydra
 
 
-def parse(args: list[str]) -> list[Override]:
+def parse(overrides: list[str]) -> list[Override]:
     try:
-        return OverridesParser.create().parse_overrides([a for a in args if not a.startswith("-")])
+        return OverridesParser.create().parse_overrides(overrides)
     except HydraException as err:
         fail("cnnbench", f"{err}".splitlines()[0] + " (overrides are key=value, e.g. model=mlp)")
 
 
-def check_overrides(args: list[str]) -> None:
+def checked_before_hydra(flags: argparse.Namespace) -> bool:
+    """A run of the shipped configs; not --help, --cfg and the like, which train nothing, and
+    not another primary config (--config-dir ...), which train() checks instead."""
+    queries = flags.help or flags.hydra_help or flags.cfg or flags.info or flags.shell_completion
+    other_config = flags.config_path or flags.config_name or flags.config_dir
+    return not (queries or other_config or flags.experimental_rerun)
+
+
+def check_overrides(args: list[str], multirun: bool) -> None:
     """Refuse what Hydra would refuse (an unknown option, a misspelt key, a value of the wrong
     type) and what the run would refuse (a value out of range), with one line each, before
     Hydra creates a run directory."""
@@ -83,7 +89,7 @@ def check_overrides(args: list[str]) -> None:
         first = [f"{o.get_key_element()}={next(iter(o.sweep_string_iterator()))}"
                  if o.is_sweep_override() else o.input_line for o in overrides]  # fmt: skip
         cfg = compose(first, hydra_config=True)
-        sweep = any(a in MULTIRUN for a in args) or cfg.hydra.mode == RunMode.MULTIRUN
+        sweep = multirun or cfg.hydra.mode == RunMode.MULTIRUN
         if not sweep:  # a sweep's jobs are checked one by one (README: sweeps)
             del cfg.hydra
             validate(cfg, given={o.key_or_group: o.value() for o in overrides})
@@ -120,10 +126,10 @@ def check_run_dir(overrides: list[Override]) -> None:
 def main() -> None:
     """The console entry point. Under torchrun, the processes then join up (so that they
     agree on the run directory), and only rank 0 writes Hydra's files and logs."""
-    args = sys.argv[1:]
-    check_run_dir(parse(args))
-    if not any(a.split("=")[0] in QUERIES for a in args):
-        check_overrides(args)
+    flags = get_args_parser().parse_args()  # Hydra's own, as hydra_main() will parse them
+    check_run_dir(parse(flags.overrides))
+    if checked_before_hydra(flags):
+        check_overrides(flags.overrides, flags.multirun)
     if not launched():
         hydra_main()
         return

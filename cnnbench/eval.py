@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
@@ -133,6 +133,37 @@ def parse(argv: list[str]) -> tuple[Path, Path | None, list[str]]:
     return Path(args["ckpt"]), Path(args["out"]) if "out" in args else None, overrides
 
 
+def checkpoint_config(ckpt: dict, overrides: list[str]) -> DictConfig:
+    """The config the checkpoint was trained with, plus the dataset.* and trainer.* overrides."""
+    cfg = OmegaConf.create(ckpt["config"])
+    OmegaConf.set_struct(cfg, True)  # a misspelt override is an error, not a new key
+    try:
+        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
+    except OmegaConfBaseException as err:
+        raise ConfigError(
+            f"{err.full_key}: no such setting in the checkpoint's config; "
+            f"python -m cnnbench --cfg job lists the dataset.* and trainer.* settings"
+        ) from None
+    validate(cfg)
+    return cfg
+
+
+def per_class(result: Evaluation, classes: tuple[str, ...], title: str) -> list[str]:
+    confusion = result.confusion
+    accuracy = confusion.diag() / confusion.sum(1).clamp(min=1)
+    width = max(map(len, classes))
+    return [
+        f"{title}, {int(confusion.sum())} images",
+        f"test accuracy {result.acc:.4f}, loss {result.loss:.4f}",
+        "",
+        f"{'class':<{width}}  accuracy  images",
+        *(
+            f"{c:<{width}}  {a:8.4f}  {int(n):6d}"
+            for c, a, n in zip(classes, accuracy.tolist(), confusion.sum(1), strict=True)
+        ),
+    ]
+
+
 def main(argv: list[str] | None = None) -> Evaluation:
     from torch.utils.tensorboard import SummaryWriter
     from torchvision.utils import make_grid
@@ -143,19 +174,9 @@ def main(argv: list[str] | None = None) -> Evaluation:
         path, out_dir, overrides = parse(sys.argv[1:] if argv is None else argv)
         path = checkpoint.find(path)
         ckpt = checkpoint.load(path)
-        cfg = OmegaConf.create(ckpt["config"])
-        OmegaConf.set_struct(cfg, True)  # a misspelt override is an error, not a new key
-        try:
-            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
-        except OmegaConfBaseException as err:
-            raise ConfigError(
-                f"{err.full_key}: no such setting in the checkpoint's config; "
-                f"python -m cnnbench --cfg job lists the dataset.* and trainer.* settings"
-            ) from None
-        validate(cfg)
+        cfg = checkpoint_config(ckpt, overrides)
         device = distributed.resolve_device(cfg.trainer.device)
-        spec = data.SPECS[cfg.dataset.name]
-        size = image_size(cfg)
+        spec, size = data.SPECS[cfg.dataset.name], image_size(cfg)
         checkpoint.check_compatible(
             ckpt, path, OmegaConf.to_container(cfg.model), spec.channels, len(spec.classes), size
         )
@@ -172,42 +193,22 @@ def main(argv: list[str] | None = None) -> Evaluation:
     loader = device_loader(OmegaConf.merge(cfg, {"trainer": {"channels_last": False}}),
                            (images, labels), device)  # fmt: skip
     result = evaluate(model, loader, len(spec.classes))
-    confusion = result.confusion
-    per_class = confusion.diag() / confusion.sum(1).clamp(min=1)
-    name = model_name(ckpt["config"])
-    epoch = ckpt["epochs_done"]
-    width = max(map(len, spec.classes))
-    lines = [
-        f"{name} from {path} (epoch {epoch}) on {spec.title} test, {int(confusion.sum())} images",
-        f"test accuracy {result.acc:.4f}, loss {result.loss:.4f}",
-        "",
-        f"{'class':<{width}}  accuracy  images",
-        *(
-            f"{c:<{width}}  {a:8.4f}  {int(n):6d}"
-            for c, a, n in zip(spec.classes, per_class.tolist(), confusion.sum(1), strict=True)
-        ),
-    ]
+    name, epoch, classes = model_name(ckpt["config"]), ckpt["epochs_done"], spec.classes
+    lines = per_class(result, classes, f"{name} from {path} (epoch {epoch}) on {spec.title} test")
     print("\n".join(lines))
-
-    write_text(out_dir / "confusion_matrix.csv", confusion_csv(confusion, spec.classes))
+    write_text(out_dir / "confusion_matrix.csv", confusion_csv(result.confusion, classes))
     title = f"{name}, {spec.title} test: accuracy {result.acc:.4f}"
-    confusion_figure(confusion, spec.classes, title).savefig(
-        out_dir / "confusion_matrix.png", dpi=120
-    )
+    figure = confusion_figure(result.confusion, classes, title)
+    figure.savefig(out_dir / "confusion_matrix.png", dpi=120)
     wrong, pairs = misclassified(model, loader, images)
     with SummaryWriter(log_dir=str(out_dir)) as writer:
         writer.add_scalar("eval/acc", result.acc, epoch)
         writer.add_scalar("eval/loss", result.loss, epoch)
-        writer.add_figure(
-            "eval/confusion_matrix", confusion_figure(confusion, spec.classes, title), epoch
-        )
+        writer.add_figure("eval/confusion_matrix", figure, epoch)
         if len(wrong):
             writer.add_image("eval/misclassified", make_grid(wrong, nrow=8, pad_value=255), epoch)
-            writer.add_text(
-                "eval/misclassified",
-                ", ".join(f"{spec.classes[t]} as {spec.classes[p]}" for t, p in pairs),
-                epoch,
-            )
+            named = ", ".join(f"{classes[t]} as {classes[p]}" for t, p in pairs)
+            writer.add_text("eval/misclassified", named, epoch)
         writer.add_text("eval/per_class", "    " + "\n    ".join(lines), epoch)
     print(f"\nconfusion matrix and TensorBoard events: {out_dir}")
     return result

@@ -4,7 +4,9 @@ The same behaviour through real processes (Ctrl-C, SIGTERM, kill -9) is in test_
 import csv
 import json
 import math
+import shutil
 import signal
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,7 +15,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 import cnnbench.train
 from cnnbench import checkpoint
 from cnnbench.checkpoint import CheckpointError
+from cnnbench.config import compose
 from cnnbench.train import Interrupted, train
+from tests.conftest import write_mnist_like
 
 RUN = ("model=mlp", "model.dropout=0.2", "optimizer=sgd", "optimizer.momentum=0.9",
        "scheduler=cosine", "trainer.epochs=3", "dataset.batch_size=32")  # fmt: skip
@@ -264,3 +268,26 @@ def test_sweep_names_follow_the_command_line():
     )  # Hydra numbers the jobs in the order given
     assert sweep_name(["-m"]) == "defaults"
     assert len(sweep_name(["-m", "x=" + "1," * 200])) <= 150
+
+
+def test_a_checkpoint_written_before_the_redesign_resumes_exactly(tmp_path, cache_dir):
+    """tests/data/format1_softmax_stopped.pt: written by cnnbench 02fcbf3 (before train.py was
+    redesigned around TrainState), a softmax run stopped by SIGINT at step 6, in epoch 2.
+    Resumed now, it ends exactly as the same run never stopped."""
+    root = tmp_path / "data"
+    write_mnist_like(root / "fashion-mnist", n_train=200, n_test=50)
+    overrides = [
+        "model=softmax", f"dataset.root={root}", f"dataset.cache_dir={cache_dir}",
+        "dataset.download=false", "trainer.device=cpu", "trainer.epochs=3",
+        "dataset.batch_size=64", "optimizer=sgd", "optimizer.momentum=0.9", "optimizer.lr=0.05",
+    ]  # fmt: skip
+    old = tmp_path / "old"
+    old.mkdir()
+    shutil.copy(Path(__file__).parent / "data" / "format1_softmax_stopped.pt", old / "last.pt")
+    assert checkpoint.load(old / "last.pt")["step"] == 6
+    resumed = train(compose(overrides), old, resume=old / "last.pt")
+    never_stopped = train(compose(overrides), tmp_path / "new")
+    assert resumed["resumed"] and resumed["steps"] == never_stopped["steps"] == 12
+    for key in RESULTS:
+        assert resumed[key] == never_stopped[key], key
+    assert rows(old) == rows(tmp_path / "new")
