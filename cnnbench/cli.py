@@ -32,8 +32,6 @@ from cnnbench.config import (
     CONFIG_DIR,
     class_name,
     compose,
-    explain,
-    group_options,
     resolved,
     validate,
 )
@@ -80,15 +78,10 @@ def check_overrides(args: list[str], multirun: bool) -> None:
     Hydra creates a run directory."""
     overrides = parse(args)
     try:
-        for o in overrides:  # every value of a sweep, e.g. model=lenet,resnt
-            if o.is_sweep_override() and (CONFIG_DIR / o.key_or_group).is_dir():
-                options = group_options(o.key_or_group)
-                for value in map(str, o.sweep_iterator()):
-                    if value not in options:
-                        raise explain_missing(o.key_or_group, value)
-        first = [f"{o.get_key_element()}={next(iter(o.sweep_string_iterator()))}"
-                 if o.is_sweep_override() else o.input_line for o in overrides]  # fmt: skip
+        first, *others = job_variants(overrides)
         cfg = compose(first, hydra_config=True)
+        for variant in others:
+            compose(variant)
         sweep = multirun or cfg.hydra.mode == RunMode.MULTIRUN
         if not sweep:  # a sweep's jobs are checked one by one (README: sweeps)
             del cfg.hydra
@@ -97,11 +90,22 @@ def check_overrides(args: list[str], multirun: bool) -> None:
         fail("cnnbench", err)
 
 
-def explain_missing(group: str, value: str) -> ConfigError:
-    return explain(
-        hydra.errors.MissingConfigException(f"Could not find '{group}/{value}'", value),
-        [f"{group}={value}"],
-    )
+def job_variants(overrides: list[Override]) -> list[list[str]]:
+    """The overrides of a sweep's first job, then of one job for every other value of each
+    swept key (model=lenet,resnt tries resnt): every option and key any job uses is tried,
+    at a few compositions rather than one per job."""
+
+    def one(o: Override, value: str) -> str:
+        return f"{o.get_key_element()}={value}"
+
+    first = [one(o, next(o.sweep_string_iterator())) if o.is_sweep_override() else o.input_line
+             for o in overrides]  # fmt: skip
+    variants = [first]
+    for i, o in enumerate(overrides):
+        if o.is_sweep_override():
+            variants += [[*first[:i], one(o, v), *first[i + 1 :]]
+                         for v in list(o.sweep_string_iterator())[1:]]  # fmt: skip
+    return variants
 
 
 def check_run_dir(overrides: list[Override]) -> None:
@@ -127,9 +131,9 @@ def main() -> None:
     """The console entry point. Under torchrun, the processes then join up (so that they
     agree on the run directory), and only rank 0 writes Hydra's files and logs."""
     flags = get_args_parser().parse_args()  # Hydra's own, as hydra_main() will parse them
-    check_run_dir(parse(flags.overrides))
     if checked_before_hydra(flags):
         check_overrides(flags.overrides, flags.multirun)
+    check_run_dir(parse(flags.overrides))
     if not launched():
         hydra_main()
         return
@@ -275,7 +279,13 @@ def discard_unclaimed(out_dir: Path) -> None:
     if os.environ.get("RANK", "0") != "0" or not out_dir.is_dir():
         return
     if set(os.listdir(out_dir)) <= {".hydra", "train.log"} and out_dir.resolve() != Path.cwd():
-        logging.shutdown()  # Hydra's handler holds train.log open
+        for handler in logging.getLogger().handlers[:]:  # Hydra's holds train.log open
+            if (
+                isinstance(handler, logging.FileHandler)
+                and Path(handler.baseFilename).parent == out_dir.resolve()
+            ):
+                handler.close()
+                logging.getLogger().removeHandler(handler)
         shutil.rmtree(out_dir, ignore_errors=True)
         with contextlib.suppress(OSError):  # outputs/<date>/, when this was its only run
             out_dir.parent.rmdir()

@@ -251,9 +251,9 @@ def explain(err: Exception, overrides: list[str]) -> ConfigError:
         group = key.rpartition(".")[0]
         known = [k for k in _keys_without(overrides, key) if k.startswith(f"{group}.")]
         close = difflib.get_close_matches(key, known, n=1, cutoff=0.8)
-        hint = f" Did you mean {close[0]}?" if close else ""
+        hint = f". Did you mean {close[0]}?" if close else ""
         return ConfigError(
-            f"{key}: cnnbench has no such setting.{hint} "
+            f"{key}: cnnbench has no such setting{hint} "
             "(python -m cnnbench --cfg job shows every setting)"
         )
     first = text.splitlines()[0] if text else type(err).__name__

@@ -3,9 +3,15 @@ composed with Hydra and shrunk for the CPU."""
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import io
+import logging
+import os
 import pickle
+import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -95,3 +101,40 @@ def make_cfg(data_root, cache_dir) -> Callable[..., DictConfig]:
         return compose([*small_overrides(data_root, cache_dir), *overrides])
 
     return _make
+
+
+@dataclass
+class Ran:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_cli(*args: str, cwd: Path, module: str = "cnnbench") -> Ran:
+    """`python -m cnnbench ...` from `cwd`, in this process: the same code from the argument
+    parsing to the exit code, without a second interpreter's start (torch's import alone is
+    seconds). What only a real process shows (signals, torchrun, imports) uses
+    tests.test_cli.cnnbench instead."""
+    import importlib
+
+    main = importlib.import_module("cnnbench.cli" if module == "cnnbench" else module).main
+    out, err = io.StringIO(), io.StringIO()
+    saved = sys.argv, os.getcwd(), os.environ.pop("HYDRA_FULL_ERROR", None)
+    sys.argv = [module, *args]
+    os.chdir(cwd)
+    code = 0
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            main()
+    except SystemExit as done:
+        code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
+    finally:
+        sys.argv = saved[0]
+        os.chdir(saved[1])
+        if saved[2] is not None:
+            os.environ["HYDRA_FULL_ERROR"] = saved[2]
+        for handler in logging.getLogger().handlers[:]:  # Hydra's, for this run's train.log
+            if isinstance(handler, logging.FileHandler):
+                handler.close()
+                logging.getLogger().removeHandler(handler)
+    return Ran(code, out.getvalue(), err.getvalue())

@@ -7,7 +7,7 @@ import torch
 
 from cnnbench import bench, data
 from cnnbench.build import device_loader
-from tests.test_cli import cnnbench
+from tests.conftest import run_cli
 
 # every record holds these; each a number above zero
 POSITIVE = [
@@ -44,7 +44,7 @@ def overrides(data_root, cache_dir) -> list[str]:
 @pytest.mark.slow
 def test_quick_run_prints_a_row_per_model_and_writes_json(tmp_path, data_root, cache_dir):
     out = tmp_path / "bench.json"
-    proc = cnnbench(
+    proc = run_cli(
         "--quick", "--json", str(out), *overrides(data_root, cache_dir),
         cwd=tmp_path, module="cnnbench.bench",
     )  # fmt: skip

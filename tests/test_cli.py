@@ -1,4 +1,5 @@
-"""The command line as a user runs it: real `python -m cnnbench` processes."""
+"""The command line as a user runs it: `cli.main` in this process (run_cli), and a real
+`python -m cnnbench` process where only one shows it (two processes give the same results)."""
 
 import json
 import os
@@ -7,7 +8,7 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO, SHARED_DATA, small_overrides
+from tests.conftest import REPO, SHARED_DATA, run_cli, small_overrides
 
 pytestmark = pytest.mark.slow
 
@@ -27,7 +28,7 @@ def cnnbench(*args: str, cwd, module: str = "cnnbench") -> subprocess.CompletedP
 
 def test_run_writes_its_files_and_prints_accuracy(tmp_path, data_root):
     run_dir = tmp_path / "run"
-    proc = cnnbench(
+    proc = run_cli(
         *small_overrides(data_root, tmp_path / "cache"), f"hydra.run.dir={run_dir}", cwd=tmp_path
     )
     assert proc.returncode == 0, proc.stderr
@@ -43,11 +44,11 @@ def test_default_output_layout_and_sweep(tmp_path, data_root):
         "trainer.epochs=1",
         "trainer.limit_train_batches=2",
     ]
-    assert cnnbench(*common, cwd=tmp_path).returncode == 0
+    assert run_cli(*common, cwd=tmp_path).returncode == 0
     [single] = [p for p in (tmp_path / "outputs").glob("*/*") if p.parent.name != "multirun"]
     assert (single / "results.json").is_file()
 
-    proc = cnnbench(
+    proc = run_cli(
         "-m", *common, "optimizer.lr=0.01,0.1", "dataset.batch_size=32,64", cwd=tmp_path
     )
     assert proc.returncode == 0, proc.stderr
@@ -78,7 +79,7 @@ def test_bad_input_gives_one_clear_message(tmp_path, data_root, override, words)
     args = [*small_overrides(data_root, tmp_path / "cache"), *override.split()]
     if override == "dataset=mnist":  # an empty root: nothing to find, download off
         args.append(f"dataset.root={tmp_path / 'empty'}")
-    proc = cnnbench(*args, cwd=tmp_path)
+    proc = run_cli(*args, cwd=tmp_path)
     assert proc.returncode != 0
     assert words in proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
@@ -86,10 +87,10 @@ def test_bad_input_gives_one_clear_message(tmp_path, data_root, override, words)
 
 def test_divergence_exits_non_zero_but_a_sweep_goes_on(tmp_path, data_root):
     common = [*small_overrides(data_root, tmp_path / "cache"), "model=mlp", "optimizer=sgd"]
-    proc = cnnbench(*common, "optimizer.lr=1e12", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    proc = run_cli(*common, "optimizer.lr=1e12", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     assert proc.returncode == 1 and "diverged" in proc.stderr
     assert "optimizer.lr=1e+11" in proc.stdout  # the likely fix, in the log
-    proc = cnnbench(
+    proc = run_cli(
         "-m", *common, "optimizer.lr=1e12,0.01", f"hydra.sweep.dir={tmp_path / 'sw'}", cwd=tmp_path
     )
     assert proc.returncode == 0, proc.stderr
@@ -111,11 +112,11 @@ def test_equal_seeds_give_equal_results_across_processes(tmp_path, data_root):
 
 
 def test_help_lists_the_groups_and_cfg_prints_the_config(tmp_path):
-    proc = cnnbench("--help", cwd=tmp_path)
+    proc = run_cli("--help", cwd=tmp_path)
     assert proc.returncode == 0
     for group in ("model:", "dataset:", "optimizer:", "scheduler:", "trainer:"):
         assert group in proc.stdout
-    proc = cnnbench("--cfg", "job", "model=mlp", cwd=tmp_path)
+    proc = run_cli("--cfg", "job", "model=mlp", cwd=tmp_path)
     assert proc.returncode == 0 and "cnnbench.models.MLP" in proc.stdout
 
 
@@ -123,7 +124,7 @@ def test_help_lists_the_groups_and_cfg_prints_the_config(tmp_path):
 def test_real_mnist_mlp_one_epoch(tmp_path):
     """The issue's acceptance run: python -m cnnbench model=mlp dataset=mnist trainer.epochs=1."""
     run_dir = tmp_path / "run"
-    proc = cnnbench(
+    proc = run_cli(
         "model=mlp",
         "dataset=mnist",
         "trainer.epochs=1",
@@ -139,7 +140,7 @@ def test_real_mnist_mlp_one_epoch(tmp_path):
 
 
 def test_summary_prints_the_layers_without_reading_data(tmp_path):
-    proc = cnnbench(
+    proc = run_cli(
         "model=alexnet", "dataset=fashion_mnist", f"dataset.root={tmp_path / 'none'}",
         cwd=tmp_path, module="cnnbench.summary",
     )  # fmt: skip
@@ -147,7 +148,7 @@ def test_summary_prints_the_layers_without_reading_data(tmp_path):
     assert "AlexNet for Fashion-MNIST: input 1x224x224" in proc.stdout
     assert "parameters            46,764,746" in proc.stdout
     assert list(tmp_path.iterdir()) == []  # no outputs/, no data, no cache
-    proc = cnnbench("model=alexnet", "dataset.resize=8", cwd=tmp_path, module="cnnbench.summary")
+    proc = run_cli("model=alexnet", "dataset.resize=8", cwd=tmp_path, module="cnnbench.summary")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "dataset.resize=224" in proc.stderr
 
@@ -157,7 +158,7 @@ def test_every_model_trains_from_the_command_line_on_real_data(tmp_path):
     """One sweep over the whole zoo: two training steps and two test batches each."""
     from tests.test_models import MODELS
 
-    proc = cnnbench(
+    proc = run_cli(
         "-m",
         f"model={','.join(MODELS)}",
         "dataset=fashion_mnist",

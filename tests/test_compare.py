@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import small_overrides
-from tests.test_cli import cnnbench, env
+from tests.conftest import run_cli, small_overrides
+from tests.test_cli import env
 from tests.test_interrupts import spawn
 
 pytestmark = pytest.mark.slow
@@ -35,10 +35,10 @@ def sweep(tmp_path_factory, data_root):
     tmp = tmp_path_factory.mktemp("sweep")
     args = ["-m", *small_overrides(data_root, tmp / "cache"), "model=mlp", "optimizer=sgd",
             "optimizer.lr=0.01,-1,0.1"]  # fmt: skip
-    first = cnnbench(*args, cwd=tmp)
+    first = run_cli(*args, cwd=tmp)
     folder = sweep_dir(tmp)
     before = {name: (folder / name / "results.json").stat().st_mtime_ns for name in results(folder)}
-    again = cnnbench(*args, cwd=tmp)
+    again = run_cli(*args, cwd=tmp)
     return tmp, folder, first, again, before
 
 
@@ -76,7 +76,7 @@ def test_the_best_run_is_written_out_and_reruns(sweep):
 
 def test_the_report_lists_every_run_with_its_figures(sweep):
     _, folder, _, _, _ = sweep
-    proc = cnnbench(str(folder), cwd=folder, module="cnnbench.report")
+    proc = run_cli(str(folder), cwd=folder, module="cnnbench.report")
     assert proc.returncode == 0, proc.stderr
     with open(folder / "report.csv", newline="") as f:
         rows = list(csv.DictReader(f))
@@ -100,7 +100,7 @@ def test_a_killed_sweep_resumes_its_unfinished_job(tmp_path, data_root):
         time.sleep(0.02)
     proc.kill()
     proc.communicate()
-    again = cnnbench(*args, cwd=tmp_path)
+    again = run_cli(*args, cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     done = results(sweep_dir(tmp_path))
     assert sorted((r["status"], r["resumed"]) for r in done.values()) == [
@@ -172,7 +172,7 @@ def test_tensorboard_compares_the_sweep_runs(sweep):
 
 
 def test_an_optuna_search_of_three_trials_writes_its_best_config(tmp_path, data_root):
-    proc = cnnbench(*small_overrides(data_root, tmp_path / "cache"), "hparams_search=lenet_fashion",
+    proc = run_cli(*small_overrides(data_root, tmp_path / "cache"), "hparams_search=lenet_fashion",
                     "hydra.sweeper.n_trials=3", "trainer.epochs=1", "dataset.val_size=100",
                     cwd=tmp_path)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
@@ -188,7 +188,7 @@ def test_an_optuna_search_of_three_trials_writes_its_best_config(tmp_path, data_
 
 
 def test_a_search_without_a_validation_split_is_refused(tmp_path, data_root):
-    proc = cnnbench(*small_overrides(data_root, tmp_path / "cache"), "hparams_search=lenet_fashion",
+    proc = run_cli(*small_overrides(data_root, tmp_path / "cache"), "hparams_search=lenet_fashion",
                     "hydra.sweeper.n_trials=1", "dataset.val_size=0", cwd=tmp_path)  # fmt: skip
     assert proc.returncode == 2 and "needs a validation split" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -196,7 +196,7 @@ def test_a_search_without_a_validation_split_is_refused(tmp_path, data_root):
 
 
 def test_the_joblib_launcher_runs_a_sweep_in_parallel(tmp_path, data_root):
-    proc = cnnbench("-m", *small_overrides(data_root, tmp_path / "cache"), "hydra/launcher=joblib",
+    proc = run_cli("-m", *small_overrides(data_root, tmp_path / "cache"), "hydra/launcher=joblib",
                     "hydra.launcher.n_jobs=2", "model=mlp,softmax", "trainer.epochs=1",
                     cwd=tmp_path)  # fmt: skip
     assert proc.returncode == 0, proc.stderr

@@ -100,8 +100,11 @@ def test_constructor_complaints_become_config_errors(make_cfg, override, words):
 
 def test_struct_mode_refuses_unknown_keys(make_cfg):
     cfg = make_cfg()
+    assert OmegaConf.is_struct(cfg)
     with pytest.raises(AttributeError):
         _ = cfg.trainer.epoch  # misspelt key
+    with pytest.raises(AttributeError):  # without struct mode this would add a key
+        cfg.trainer.epoch = 3
 
 
 @pytest.mark.parametrize(

@@ -28,7 +28,8 @@ def test_load_splits_have_promised_shapes(data_root, cache_dir):
     assert len(data.load("cifar10", "train", data_root, False, cache_dir)[0]) == 5 * 40
 
 
-def test_cache_is_used_and_follows_its_source(tmp_path, cache_dir):
+def test_cache_is_used_and_follows_its_source(tmp_path, cache_dir, monkeypatch):
+    real_decode = data.decode
     root = tmp_path / "root"
     write_mnist_like(root / "mnist", n_train=50, n_test=20)
     first = data.load("mnist", "test", root, False, cache_dir)
@@ -36,11 +37,16 @@ def test_cache_is_used_and_follows_its_source(tmp_path, cache_dir):
     assert cache.is_file()
     cached = torch.load(cache, weights_only=True)
     assert torch.equal(cached["images"], first[0])
+    # a hit: the same tensors again, without decoding the source files
+    decoded = []
+    monkeypatch.setattr(data, "decode", lambda *a: decoded.append(a) or real_decode(*a))
+    hit = data.load("mnist", "test", root, False, cache_dir)
+    assert decoded == [] and torch.equal(hit[0], first[0]) and torch.equal(hit[1], first[1])
     # a changed source file invalidates the cache
     images, _labels = make_images(20, 1, 28, seed=7)
     write_idx(root / "mnist" / "t10k-images-idx3-ubyte", images[:, 0])
     second = data.load("mnist", "test", root, False, cache_dir)
-    assert torch.equal(second[0][:, 0], torch.from_numpy(images[:, 0]))
+    assert torch.equal(second[0][:, 0], torch.from_numpy(images[:, 0])) and len(decoded) == 1
 
 
 def test_corrupt_cache_is_rebuilt(tmp_path, cache_dir):

@@ -22,8 +22,8 @@ from cnnbench import data, distributed
 from cnnbench.build import build_model, device_loader
 from cnnbench.data import DataError
 from cnnbench.eval import evaluate
-from tests.conftest import small_overrides
-from tests.test_cli import cnnbench, env
+from tests.conftest import run_cli, small_overrides
+from tests.test_cli import env
 
 
 def loader(rank: int, world_size: int, **kwargs) -> data.DeviceLoader:
@@ -94,6 +94,7 @@ def _in_group(rank: int, world_size: int, init: str, test: str) -> None:
             dist.destroy_process_group()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("test", ["main_first", "evaluate"])
 def test_in_a_real_process_group(tmp_path, test):
     mp.spawn(_in_group, args=(2, f"file://{tmp_path / 'store'}", test), nprocs=2)
@@ -147,7 +148,7 @@ def runs(tmp_path_factory, data_root):
     """The same run on one process and (torchrun) on two: (one, two) run directories."""
     tmp = tmp_path_factory.mktemp("ddp")
     args = [*small_overrides(data_root, tmp / "cache"), *RUN]
-    one = cnnbench(*args, f"hydra.run.dir={tmp / 'one'}", cwd=tmp)
+    one = run_cli(*args, f"hydra.run.dir={tmp / 'one'}", cwd=tmp)
     assert one.returncode == 0, one.stderr
     two = torchrun(*args, f"hydra.run.dir={tmp / 'two'}", cwd=tmp)
     out, err = two.communicate(timeout=300)
@@ -230,8 +231,15 @@ def test_a_stopped_run_resumes_with_any_number_of_processes(runs, data_root, tmp
         for row, ref in zip(metrics(run_dir), metrics(reference), strict=True):
             assert [row[c] for c in columns] == [ref[c] for c in columns], row["epoch"]
         assert train_loss_points(run_dir) == train_loss_points(reference)
-    else:
-        assert got["test_acc"] == pytest.approx(want["test_acc"], abs=0.02)
+    else:  # the same global batches, summed in another order: equal to rounding, every epoch
+        for row, ref in zip(metrics(run_dir), metrics(reference), strict=True):
+            for column in ("train_loss", "test_loss"):
+                assert float(row[column]) == pytest.approx(float(ref[column]), rel=1e-3), column
+            for column in ("train_acc", "test_acc"):
+                assert float(row[column]) == pytest.approx(float(ref[column]), abs=0.01), column
+        points, ref_points = train_loss_points(run_dir), train_loss_points(reference)
+        assert [step for step, _ in points] == [step for step, _ in ref_points]
+        assert [v for _, v in points] == pytest.approx([v for _, v in ref_points], rel=1e-3)
 
 
 @pytest.mark.slow

@@ -9,6 +9,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
+import cnnbench.train
 from cnnbench import checkpoint, data
 from cnnbench.build import build_model, keep_freed_memory
 from cnnbench.config import ConfigError
@@ -86,14 +87,33 @@ def test_a_stopped_run_resumes_exactly_with_loss_scale_and_augmentation(
 ):
     """The loss scale is in the checkpoint; augmentation draws are seeded per batch."""
     run = ["model=mlp", "trainer.epochs=2", *switches]
+    if "trainer.precision=16-mixed" in switches:
+        overflowing_loss_scale(monkeypatch)
     whole = train(make_cfg(*run), tmp_path / "whole")
     signal_at_step(monkeypatch, 13)  # mid-epoch 2 (10 batches per epoch)
     with pytest.raises(Interrupted):
         train(make_cfg(*run), tmp_path / "stopped")
-    monkeypatch.undo()
+    monkeypatch.undo()  # the resumed run's scaler starts as a default one: its state is loaded
     resumed = train(make_cfg(*run), tmp_path / "stopped", resume=tmp_path / "stopped" / "last.pt")
     for key in ("train_loss", "test_loss", "test_acc", "steps"):
         assert resumed[key] == whole[key], key
+    scales = [checkpoint.load(tmp_path / r / "last.pt")["scaler"] for r in ("whole", "stopped")]
+    assert scales[0] == scales[1]
+    if "trainer.precision=16-mixed" in switches:  # it backed off, then grew: a moving state
+        assert 1 < scales[0]["scale"] < 2.0**40 and scales[0] != torch.amp.GradScaler().state_dict()
+
+
+def overflowing_loss_scale(monkeypatch) -> None:
+    """A loss scale far past float16's range, which backs off on the first steps and then
+    grows every 3 steps: a resume that lost the scaler's state would train differently."""
+    build = cnnbench.train.build_engine
+
+    def build_engine(*args, **kwargs):
+        engine = build(*args, **kwargs)
+        engine.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**40, growth_interval=3)
+        return engine
+
+    monkeypatch.setattr(cnnbench.train, "build_engine", build_engine)
 
 
 def test_channels_last_computes_the_same(make_cfg, tmp_path):
@@ -205,5 +225,7 @@ def test_without_glibc_the_allocator_is_left_alone(monkeypatch):
     def no_glibc(name):
         raise OSError(name)
 
-    monkeypatch.setattr(ctypes, "CDLL", no_glibc)
-    keep_freed_memory()  # nothing to tune, nothing raised
+    asked = []
+    monkeypatch.setattr(ctypes, "CDLL", lambda name: asked.append(name) or no_glibc(name))
+    assert keep_freed_memory() is None  # nothing to tune, nothing raised
+    assert asked == ["libc.so.6"]

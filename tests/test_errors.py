@@ -1,5 +1,5 @@
-"""Every bad input tried, through the real command line: one message, a non-zero exit, no
-traceback. docs/errors.md is this table with the messages as a user sees them; the test fails
+"""Every bad input tried through the command line (cli.main, in this process): exit code 2
+and one `cnnbench: error:` message, no traceback. docs/errors.md is this table with the messages as a user sees them; the test fails
 when they drift apart. Rewrite the doc after changing a message:
 
     python -m tests.test_errors > docs/errors.md
@@ -7,14 +7,12 @@ when they drift apart. Rewrite the doc after changing a message:
 
 import gzip
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from cnnbench.config import CONFIG_DIR
-from tests.conftest import REPO, write_mnist_like
-from tests.test_cli import cnnbench
+from tests.conftest import REPO, run_cli, write_mnist_like
 
 # (what is wrong, arguments, what the message must say); {tmp} is a scratch folder holding the
 # fixtures made below
@@ -62,7 +60,7 @@ def make_fixtures(tmp: Path) -> None:
     images.write_bytes(gzip.compress(gzip.decompress(images.read_bytes())[:-100]))
     (tmp / "garbage.pt").write_bytes(b"\x80\x04not a checkpoint")
     write_mnist_like(tmp / "data" / "fashion-mnist", n_train=50, n_test=20)
-    run = cnnbench(*common(tmp), "model=mlp", "trainer.epochs=1", f"hydra.run.dir={tmp}/mlp-run",
+    run = run_cli(*common(tmp), "model=mlp", "trainer.epochs=1", f"hydra.run.dir={tmp}/mlp-run",
                    cwd=tmp)  # fmt: skip
     assert run.returncode == 0, run.stderr
 
@@ -78,7 +76,7 @@ def run_case(tmp: Path, number: int, args: str) -> tuple[int, str]:
     # share outputs/<date>/<time>, and the second would be refused
     cwd = tmp / "cases" / str(number)
     cwd.mkdir(parents=True)
-    proc = cnnbench(*argv, cwd=cwd)
+    proc = run_cli(*argv, cwd=cwd)
     message = (
         (proc.stderr + proc.stdout).replace(str(tmp), "{tmp}").replace(str(CONFIG_DIR), "{conf}")
     )
@@ -86,9 +84,7 @@ def run_case(tmp: Path, number: int, args: str) -> tuple[int, str]:
 
 
 def run_cases(tmp: Path) -> list[tuple[int, str]]:
-    with ThreadPoolExecutor(4) as pool:
-        outcomes = list(pool.map(lambda i: run_case(tmp, i, CASES[i][1]), range(len(CASES))))
-    return outcomes
+    return [run_case(tmp, i, args) for i, (_, args, _) in enumerate(CASES)]
 
 
 def table(tmp: Path, outcomes: list[tuple[int, str]]) -> str:

@@ -50,7 +50,11 @@ def test_eval_takes_a_run_directory_dataset_overrides_and_an_out_dir(run_dir, tm
     result = main([f"ckpt={path}", f"out={tmp_path}", "trainer.limit_test_batches=1",
                    "trainer.eval_batch_size=100"])  # fmt: skip
     assert "100 images" in capsys.readouterr().out
-    assert (tmp_path / "confusion_matrix.csv").is_file() and 0 <= result.acc <= 1
+    with open(tmp_path / "confusion_matrix.csv", newline="") as f:
+        _, *rows = csv.reader(f)
+    counts = [[int(n) for n in row[1:]] for row in rows]
+    assert sum(map(sum, counts)) == 100  # one batch of 100 images, each counted once
+    assert result.acc == sum(counts[i][i] for i in range(len(counts))) / 100
 
 
 @pytest.mark.parametrize(

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tests.conftest import small_overrides
-from tests.test_cli import cnnbench, env
+from cnnbench import checkpoint
+from tests.conftest import run_cli, small_overrides
+from tests.test_cli import env
 
 pytestmark = pytest.mark.slow
 
@@ -52,7 +53,7 @@ def epochs_and_steps(run_dir: Path) -> tuple[list[int], list[int]]:
 def reference(tmp_path_factory, data_root):
     tmp = tmp_path_factory.mktemp("reference")
     args = [*small_overrides(data_root, tmp / "cache"), *RUN, f"hydra.run.dir={tmp / 'run'}"]
-    proc = cnnbench(*args, cwd=tmp)
+    proc = run_cli(*args, cwd=tmp)
     assert proc.returncode == 0, proc.stderr
     return json.loads((tmp / "run" / "results.json").read_text()), tmp / "run"
 
@@ -75,8 +76,7 @@ def test_a_signal_saves_prints_the_resume_command_and_resuming_matches(
 
     command = shlex.split(stderr.split("Resume with:\n", 1)[1].strip().splitlines()[0])
     assert command[:3] == ["python", "-m", "cnnbench"] and f"trainer.resume={run_dir}" in command
-    resumed = subprocess.run([sys.executable, *command[1:]], cwd=tmp_path, env=env(),
-                             capture_output=True, text=True, timeout=300)  # fmt: skip
+    resumed = run_cli(*command[3:], cwd=tmp_path)  # the printed command, in this process
     assert resumed.returncode == 0, resumed.stderr
     results = json.loads((run_dir / "results.json").read_text())
     for key in SAME:
@@ -93,10 +93,17 @@ def test_kill_9_loses_at_most_the_epoch_in_progress(tmp_path, data_root, referen
     time.sleep(0.05)  # somewhere in a later epoch
     proc.kill()
     proc.communicate()
-    assert len((run_dir / "metrics.csv").read_text().splitlines()) >= 4  # 3 epochs survived
+    # what the kill left: an epoch-end checkpoint, whole, of an epoch that metrics.csv has
+    killed = checkpoint.load(run_dir / "last.pt")
+    assert killed["epochs_done"] >= 3 and killed["batches_done"] == 0
+    rows = len((run_dir / "metrics.csv").read_text().splitlines()) - 1
+    assert rows in (killed["epochs_done"], killed["epochs_done"] + 1)  # a row before its save
+    assert not list(run_dir.glob(".*.tmp"))
 
-    resumed = cnnbench(*args, f"trainer.resume={run_dir}", cwd=tmp_path)
+    resumed = run_cli(*args, f"trainer.resume={run_dir}", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
+    log = (run_dir / "train.log").read_text()
+    assert f"at step {killed['step']} (epoch {killed['epochs_done'] + 1}, batch 0)" in log
     results = json.loads((run_dir / "results.json").read_text())
     for key in SAME:
         assert results[key] == full[key], key
@@ -138,7 +145,7 @@ def test_resume_auto_finds_the_run_with_the_same_config(tmp_path, data_root):
     """Run in the default layout, kill it, rerun the same command with trainer.resume=auto:
     it continues in the same directory; once finished, a rerun does not train again."""
     args = [*small_overrides(data_root, tmp_path / "cache"), *RUN, "trainer.resume=auto"]
-    other = cnnbench(*args, "optimizer.lr=0.05", cwd=tmp_path)  # same but for lr: not a match
+    other = run_cli(*args, "optimizer.lr=0.05", cwd=tmp_path)  # same but for lr: not a match
     assert other.returncode == 0, other.stderr
     proc = spawn(*args, cwd=tmp_path)
     deadline = time.monotonic() + 60
@@ -150,7 +157,7 @@ def test_resume_auto_finds_the_run_with_the_same_config(tmp_path, data_root):
     runs = sorted(p for p in (tmp_path / "outputs").glob("*/*") if p.is_dir())
     assert len(runs) == 2
 
-    resumed = cnnbench(*args, cwd=tmp_path)
+    resumed = run_cli(*args, cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert sorted(p for p in (tmp_path / "outputs").glob("*/*") if p.is_dir()) == runs
     done = [json.loads(p.read_text()) for p in (tmp_path / "outputs").glob("*/*/results.json")]
@@ -158,6 +165,6 @@ def test_resume_auto_finds_the_run_with_the_same_config(tmp_path, data_root):
     assert all(r["status"] == "ok" and r["epochs_done"] == 12 for r in done)
     assert [r["resumed"] for r in done if r["config"]["optimizer"]["lr"] == 0.1] == [True]
 
-    again = cnnbench(*args, cwd=tmp_path)
+    again = run_cli(*args, cwd=tmp_path)
     assert again.returncode == 0 and "already finished" in again.stdout
     assert sorted(p for p in (tmp_path / "outputs").glob("*/*") if p.is_dir()) == runs

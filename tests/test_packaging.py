@@ -1,9 +1,11 @@
 """A non-editable install ships the configs: build the wheel, install it apart, run it."""
 
 import shutil
+import site
 import subprocess
 import sys
 import zipfile
+from pathlib import Path
 
 import pytest
 
@@ -34,11 +36,16 @@ def test_wheel_ships_configs_and_runs_from_anywhere(tmp_path):
     expected = {str(p.relative_to(REPO)) for p in (REPO / "conf").rglob("*.yaml")}
     assert shipped == expected
 
-    # a venv that sees this interpreter's torch and hydra, with cnnbench only from the wheel
+    # a venv that sees this interpreter's torch and hydra, with cnnbench only from the wheel.
+    # Not --system-site-packages: made from a venv's Python, that would see the base
+    # interpreter's packages rather than this venv's; a .pth file names this one's instead
     venv = tmp_path / "venv"
-    run(sys.executable, "-m", "venv", "--system-site-packages", venv, check=True)
+    run(sys.executable, "-m", "venv", "--without-pip", venv, check=True)
     python = venv / "bin" / "python"
-    run(python, "-m", "pip", "install", "-q", "--no-deps", wheel, check=True)
+    purelib = run(python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])",
+                  check=True).stdout.strip()  # fmt: skip
+    (Path(purelib) / "outer.pth").write_text("\n".join(site.getsitepackages()) + "\n")
+    run(python, "-m", "pip", "install", "-q", "--no-deps", wheel, check=True)  # this venv's pip
     proc = run(python, "-P", "-m", "cnnbench", "--cfg", "job", "model=mlp", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "cnnbench.models.MLP" in proc.stdout

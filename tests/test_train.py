@@ -117,7 +117,10 @@ def test_models_train_on_each_dataset(make_cfg, tmp_path, model, dataset):
         ),
         tmp_path,
     )
-    assert results["status"] == "ok" and 0 <= results["test_acc"] <= 1
+    assert results["status"] == "ok" and math.isfinite(results["train_loss"])
+    test_images = 50 if dataset == "cifar10" else 250  # conftest's generated splits
+    correct = results["test_acc"] * test_images
+    assert correct == pytest.approx(round(correct)) and 0 <= correct <= test_images
 
 
 def test_resize_and_limit_batches(make_cfg, tmp_path):
@@ -130,7 +133,11 @@ def test_resize_and_limit_batches(make_cfg, tmp_path):
 
 def test_zero_epochs_evaluates_the_untrained_model(make_cfg, tmp_path):
     results = train(make_cfg("trainer.epochs=0"), tmp_path)
-    assert results["steps"] == 0 and 0 <= results["test_acc"] <= 1
+    assert results["steps"] == 0 and results["epochs_done"] == 0
+    correct = results["test_acc"] * 250
+    assert correct == pytest.approx(round(correct))
+    assert results["test_acc"] < 0.3  # untrained: near chance on 10 classes
+    assert results["best_test_acc"] == results["test_acc"] and math.isfinite(results["test_loss"])
 
 
 def test_too_small_input_is_a_config_error(make_cfg, tmp_path):
