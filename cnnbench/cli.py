@@ -28,6 +28,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from cnnbench.atomic import write_text
 from cnnbench.config import (
     CONFIG_DIR,
     class_name,
@@ -36,6 +37,7 @@ from cnnbench.config import (
     validate,
 )
 from cnnbench.errors import USER_ERRORS, ConfigError, WriteError, fail
+from cnnbench.report import ReportError, find_runs
 from cnnbench.rundir import check_writable, claim
 from cnnbench.runs import objective, read_results
 
@@ -329,3 +331,43 @@ class TorchrunSweeps(Callback):
                 f"Hydra's basic sweeper and launcher; with {' and '.join(parting)} the processes "
                 "would each go their own way. Run it without torchrun.",
             )
+
+
+class WriteBestRun(Callback):
+    """At the end of a sweep, copy its best run's composed config to best_config.yaml in the
+    sweep directory, and write best_trial.yaml: the run, its objective and the command that
+    reruns it."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        # a sweep under torchrun: rank 0 writes (RANK, as this module does not import torch)
+        if os.environ.get("RANK", "0") != "0":
+            return
+        sweep_dir = Path(config.hydra.sweep.dir)
+        try:
+            runs = find_runs([sweep_dir])
+        except ReportError:
+            return
+        counts: dict[str, int] = {}
+        for r in runs:
+            status = r.results.get("status", "?")
+            counts[status] = counts.get(status, 0) + 1
+        scored = [(objective(r.results), r) for r in runs if objective(r.results) is not None]
+        summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+        print(f"sweep {sweep_dir}: {len(runs)} runs ({summary})")
+        if not scored:
+            return
+        value, best = max(scored, key=lambda pair: pair[0])
+        saved = best.path / ".hydra" / "config.yaml"
+        if not saved.is_file():
+            return
+        shutil.copyfile(saved, sweep_dir / "best_config.yaml")
+        metric = "val_acc" if best.results.get("val_acc") is not None else "test_acc"
+        command = (
+            f"python -m cnnbench --config-dir {shlex.quote(str(sweep_dir.absolute()))} "
+            "--config-name best_config"
+        )
+        write_text(
+            sweep_dir / "best_trial.yaml",
+            f"run_dir: {best.path}\nobjective: {metric}\nvalue: {value}\nrerun: {command}\n",
+        )
+        print(f"best run: {best.path} ({metric} {value:.4f}); rerun it with:\n  {command}")

@@ -20,6 +20,7 @@ import torch.distributed as dist
 
 from cnnbench import rundir
 from cnnbench.errors import ConfigError
+from cnnbench.seeding import rank_seed
 
 T = TypeVar("T")
 
@@ -65,6 +66,13 @@ def is_main() -> bool:
     if dist.is_initialized():
         return rank() == 0
     return os.environ.get("RANK", "0") == "0"
+
+
+def seed_rank(seed: int, step: int) -> None:
+    """The processes other than rank 0 train rank 0's weights (DDP broadcasts them) but draw
+    their own dropout masks."""
+    if rank() > 0:
+        torch.manual_seed(rank_seed(seed, rank(), step))
 
 
 def total(tensor: torch.Tensor) -> torch.Tensor:

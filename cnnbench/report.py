@@ -15,20 +15,14 @@ import csv
 import io
 import json
 import math
-import os
-import shlex
-import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
-
 from cnnbench.atomic import write_text
 from cnnbench.config import class_name
 from cnnbench.errors import fail
-from cnnbench.runs import NOT_IDENTITY, flatten, objective
+from cnnbench.runs import NOT_IDENTITY, flatten
 
 
 class ReportError(Exception):
@@ -233,46 +227,6 @@ def report(dirs: list[Path], out: Path | None = None) -> str:
     write_text(out / "report.csv", table_csv.getvalue())
     figures(runs, out)
     return text
-
-
-class WriteBestRun(Callback):
-    """At the end of a sweep, copy its best run's composed config to best_config.yaml in the
-    sweep directory, and write best_trial.yaml: the run, its objective and the command that
-    reruns it."""
-
-    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        # a sweep under torchrun: rank 0 writes (RANK, as this module does not import torch)
-        if os.environ.get("RANK", "0") != "0":
-            return
-        sweep_dir = Path(config.hydra.sweep.dir)
-        try:
-            runs = find_runs([sweep_dir])
-        except ReportError:
-            return
-        counts: dict[str, int] = {}
-        for r in runs:
-            status = r.results.get("status", "?")
-            counts[status] = counts.get(status, 0) + 1
-        scored = [(objective(r.results), r) for r in runs if objective(r.results) is not None]
-        summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
-        print(f"sweep {sweep_dir}: {len(runs)} runs ({summary})")
-        if not scored:
-            return
-        value, best = max(scored, key=lambda pair: pair[0])
-        saved = best.path / ".hydra" / "config.yaml"
-        if not saved.is_file():
-            return
-        shutil.copyfile(saved, sweep_dir / "best_config.yaml")
-        metric = "val_acc" if best.results.get("val_acc") is not None else "test_acc"
-        command = (
-            f"python -m cnnbench --config-dir {shlex.quote(str(sweep_dir.absolute()))} "
-            "--config-name best_config"
-        )
-        write_text(
-            sweep_dir / "best_trial.yaml",
-            f"run_dir: {best.path}\nobjective: {metric}\nvalue: {value}\nrerun: {command}\n",
-        )
-        print(f"best run: {best.path} ({metric} {value:.4f}); rerun it with:\n  {command}")
 
 
 def main(argv: list[str] | None = None) -> None:

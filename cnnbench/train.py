@@ -15,7 +15,6 @@ import math
 import time
 from pathlib import Path
 
-import torch
 from omegaconf import DictConfig
 from torch import nn
 
@@ -36,7 +35,7 @@ from cnnbench.config import image_size, resolved, validate
 from cnnbench.eval import evaluate
 from cnnbench.rundir import claim
 from cnnbench.runlog import RunLog
-from cnnbench.seeding import rank_seed, seed_everything
+from cnnbench.seeding import seed_everything
 from cnnbench.signals import Interrupted, StopSignals
 from cnnbench.state import Trainables, TrainState
 
@@ -72,8 +71,7 @@ def train(
         state = TrainState(parts, device, started=start)
         if ckpt:
             state.restore(ckpt, resume)
-        if distributed.rank() > 0:  # the same weights everywhere (rank 0's), its own dropout
-            torch.manual_seed(rank_seed(cfg.trainer.seed, distributed.rank(), state.step))
+        distributed.seed_rank(cfg.trainer.seed, state.step)
         log.open(state, resumed=bool(ckpt), restarted=restarted, num_classes=len(spec.classes))
         log.say(describe(cfg, model, loaders, device))
         log.say(distributed.describe(device, cfg.dataset.batch_size))

@@ -61,14 +61,11 @@ def scalars(run_dir, tag: str) -> list[tuple[int, float]]:
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, data_root):
     """The run never stopped, shared by the tests that compare with it (read-only)."""
-    from hydra import compose, initialize_config_dir
-
-    from cnnbench.config import CONFIG_DIR
+    from cnnbench.config import compose
     from tests.conftest import small_overrides
 
     out = tmp_path_factory.mktemp("reference")
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
-        cfg = compose("config", overrides=[*small_overrides(data_root, out / "cache"), *RUN])
+    cfg = compose([*small_overrides(data_root, out / "cache"), *RUN])
     return train(cfg, out / "run"), out / "run"
 
 

@@ -7,9 +7,8 @@ import subprocess
 import sys
 
 import pytest
-from hydra import compose, initialize_config_dir
+from hydra import compose
 
-from cnnbench.config import CONFIG_DIR
 from tests import fake_slurm
 from tests.conftest import small_overrides
 from tests.test_cli import cnnbench, env
@@ -38,8 +37,7 @@ def test_a_sweep_through_submitit_local_completes_and_is_reported(tmp_path, data
 
 
 def test_the_slurm_preset_composes_with_the_documented_settings():
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
-        cfg = compose("config", overrides=["hydra/launcher=slurm"], return_hydra_config=True)
+    cfg = compose(["hydra/launcher=slurm"], return_hydra_config=True)
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("submitit_launcher.SlurmLauncher")
     # the preset's values, where the plugin's defaults differ (no GPU, 60 min, 256 at once)

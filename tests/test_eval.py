@@ -12,16 +12,13 @@ from cnnbench.train import train
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, data_root):
-    from hydra import compose, initialize_config_dir
-
-    from cnnbench.config import CONFIG_DIR
+    from cnnbench.config import compose
     from tests.conftest import small_overrides
 
     out = tmp_path_factory.mktemp("eval")
     overrides = [*small_overrides(data_root, out / "cache"), "model=mlp", "trainer.epochs=1",
                  "trainer.limit_train_batches=1"]  # fmt: skip
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
-        cfg = compose("config", overrides=overrides)
+    cfg = compose(overrides)
     results = train(cfg, out / "run")
     return out / "run", results
 

@@ -23,9 +23,7 @@ TAGS = {
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, data_root):
     """One end-to-end run on generated data, shared by the tests that read its files."""
-    from hydra import compose, initialize_config_dir
-
-    from cnnbench.config import CONFIG_DIR
+    from cnnbench.config import compose
     from tests.conftest import small_overrides
 
     out = tmp_path_factory.mktemp("run")
@@ -36,8 +34,7 @@ def run(tmp_path_factory, data_root):
         "trainer.epochs=3",
         "optimizer.lr=0.01",
     ]
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
-        cfg = compose("config", overrides=overrides)
+    cfg = compose(overrides)
     return cfg, out, train(cfg, out)
 
 
