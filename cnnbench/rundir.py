@@ -78,6 +78,19 @@ def claim(out_dir: Path, restart: bool) -> bool:
     return False
 
 
+def unclaimed(folder: str) -> str:
+    """The default run directory, or when a run started within the same second has claimed it
+    already, the same name with -2, -3, ... (a run's directory is named by the second it
+    started). Not under torchrun, where every process must name the same directory."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return folder
+    path, n = Path(folder), 1
+    while (path / "metrics.csv").exists():
+        n += 1
+        path = Path(f"{folder}-{n}")
+    return str(path)
+
+
 def _resumed_dir(resume: str | None, root: DictConfig) -> str | None:
     if resume is None:
         return None
@@ -106,6 +119,7 @@ def register_resolvers() -> None:
     # for any file system
     resolver("dirname", lambda name: name.replace("/", "_")[:150])
     resolver("now", now, use_cache=True)
+    resolver("unclaimed", unclaimed, use_cache=True)  # resolved once: claiming it changes it
     resolver("sweep_name", lambda: sweep_name(), use_cache=True)
     resolver("not_identity", lambda: list(NOT_IDENTITY))
     resolver("run_dir", _writable_run_dir)

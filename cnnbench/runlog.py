@@ -86,6 +86,16 @@ def write_metrics(path: Path, rows: list[dict]) -> None:
     write_atomic(path, lambda f: f.write(text.getvalue().encode()))
 
 
+def wait_for_a_later_second(out_dir: Path) -> None:
+    """TensorBoard reads a run's event files in the order of their names, which begin with the
+    second they were created: a resumed run's file must not share its second with the file
+    of the run it continues (the purge of the points after the checkpoint would come first)."""
+    seconds = [int(p.name.split(".")[3]) for p in out_dir.glob("events.out.tfevents.*")
+               if p.name.split(".")[3].isdigit()]  # fmt: skip
+    while seconds and int(time.time()) <= max(seconds):
+        time.sleep(0.05)
+
+
 class RunLog:
     def __init__(self, out_dir: Path, config: dict) -> None:
         self.out_dir, self.config = out_dir, config
@@ -105,6 +115,8 @@ class RunLog:
         if not self.main:
             return
         purge = state.step + 1 if resumed else (0 if restarted else None)
+        if resumed or restarted:
+            wait_for_a_later_second(self.out_dir)
         self.writer = SummaryWriter(log_dir=str(self.out_dir), purge_step=purge)
         if not resumed:
             text = OmegaConf.to_yaml(self.config)

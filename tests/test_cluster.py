@@ -7,8 +7,9 @@ import subprocess
 import sys
 
 import pytest
-from hydra import compose
+from hydra import compose, initialize_config_dir
 
+from cnnbench.config import CONFIG_DIR
 from tests import fake_slurm
 from tests.conftest import small_overrides
 from tests.test_cli import cnnbench, env
@@ -37,8 +38,10 @@ def test_a_sweep_through_submitit_local_completes_and_is_reported(tmp_path, data
 
 
 def test_the_slurm_preset_composes_with_the_documented_settings():
-    cfg = compose(["hydra/launcher=slurm"], return_hydra_config=True)
-    launcher = cfg.hydra.launcher
+    # Hydra's own compose: the launcher's values are read inside its context
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
+        cfg = compose("config", overrides=["hydra/launcher=slurm"], return_hydra_config=True)
+        launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("submitit_launcher.SlurmLauncher")
     # the preset's values, where the plugin's defaults differ (no GPU, 60 min, 256 at once)
     assert launcher.partition is None and launcher.gpus_per_node == 1
