@@ -56,6 +56,23 @@ def _write_error(path: Path, err: Exception) -> WriteError:
     return WriteError(f"cannot write {path}: {cause}{kept}")
 
 
+def copy_atomic(source: Path, path: Path) -> None:
+    """`path` becomes a copy of `source`, whole or not at all: a hard link where the file
+    system has them (no bytes written: `source` is replaced, never changed, by write_atomic),
+    else a copy."""
+    tmp = path.with_name(f".{path.name}.link.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        try:
+            os.link(source, tmp)
+        except OSError:  # no hard links here (some network and FAT file systems)
+            shutil.copyfile(source, tmp)
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise _write_error(path, err) from err
+
+
 def write_text(path: Path, text: str) -> None:
     write_atomic(path, lambda f: f.write(text.encode()))
 

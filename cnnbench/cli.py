@@ -289,8 +289,10 @@ def discard_unclaimed(out_dir: Path) -> None:
                 handler.close()
                 logging.getLogger().removeHandler(handler)
         shutil.rmtree(out_dir, ignore_errors=True)
-        with contextlib.suppress(OSError):  # outputs/<date>/, when this was its only run
-            out_dir.parent.rmdir()
+        if out_dir.resolve().parent.parent == Path("outputs").resolve():  # the default layout
+            with contextlib.suppress(OSError):  # outputs/<date>/ and outputs/, left empty
+                out_dir.parent.rmdir()
+                out_dir.parent.parent.rmdir()
 
 
 def launcher() -> list[str]:

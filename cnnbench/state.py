@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from cnnbench import __version__, checkpoint, distributed
+from cnnbench.atomic import copy_atomic
 
 
 @dataclass
@@ -174,6 +175,11 @@ class TrainState:
             },
             path,
         )
+
+    def copy(self, saved: Path, path: Path) -> None:
+        """`path` holds the checkpoint just saved to `saved` (rank 0)."""
+        if distributed.is_main():
+            copy_atomic(saved, path)
 
     def restore(self, ckpt: dict, path: Path) -> None:
         """Continue where `ckpt` stopped: weights, optimizer, schedule, scaler, RNG states and

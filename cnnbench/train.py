@@ -131,8 +131,8 @@ def train(
                 improved = state.end_epoch(row, tracked)
                 log.epoch(row, epochs)
                 state.save(out_dir / "last.pt", window=totals.window)
-                if improved:
-                    state.save(out_dir / "best.pt", window=totals.window)
+                if improved:  # the same checkpoint, linked rather than written twice
+                    state.copy(out_dir / "last.pt", out_dir / "best.pt")
                 if epoch < epochs and stop.requested():
                     raise stop.stop(out_dir / "last.pt")
 

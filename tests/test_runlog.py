@@ -13,7 +13,7 @@ import cnnbench.atomic
 from cnnbench import checkpoint, cli, runlog
 from cnnbench.errors import DataError, WriteError
 from cnnbench.train import train
-from tests.conftest import small_overrides
+from tests.conftest import run_cli, small_overrides
 
 
 def test_off_a_terminal_a_long_epoch_prints_progress_lines(make_cfg, tmp_path, caplog, monkeypatch):
@@ -101,3 +101,15 @@ def test_the_command_line_names_the_full_disk_and_how_to_resume(
         "previous file is kept). Make room, then resume with:"
     )
     assert err[1].startswith("  python -m cnnbench ") and err[1].endswith(f"trainer.resume={run}")
+
+
+@pytest.mark.parametrize(
+    "bad", ["optimizer.lr=-1", "trainer.device=cuda:7", "model=resnt", "trainer.epoch=3"]
+)
+def test_a_refused_run_leaves_no_run_directory(data_root, cache_dir, tmp_path, bad):
+    """Refused before Hydra starts (a bad value, option or key) or once torch is loaded (a
+    device this machine lacks): exit 2, one line, and no empty outputs/<date>/<time>/."""
+    ran = run_cli(*small_overrides(data_root, cache_dir), bad, cwd=tmp_path)
+    assert ran.returncode == 2 and ran.stderr.startswith("cnnbench: error: ")
+    assert len(ran.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "outputs").exists()
