@@ -83,6 +83,15 @@ def total(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def gather(tensor: torch.Tensor) -> list[torch.Tensor]:
+    """`tensor` of every process, in rank order (on every process)."""
+    if not dist.is_initialized():
+        return [tensor.clone()]
+    every = [torch.empty_like(tensor) for _ in range(world_size())]
+    dist.all_gather(every, tensor)
+    return every
+
+
 def anyone(flag: bool) -> bool:
     """True on every process when `flag` is true on any of them: e.g. "a stop signal came".
     Reduced on the CPU (gloo), so asking at every step never waits for a GPU."""

@@ -145,6 +145,9 @@ class TrainState:
         else:
             window = distributed.total(self.window) if window is None else window
             totals = EpochTotals(self.loss_sum, self.correct, window, seen=0)
+        # each process's own sums too: a resume on as many processes adds in the same order
+        mine = [self.loss_sum, self.correct, self.window, torch.tensor(self.seen)]
+        every = [distributed.gather(t) for t in mine]
         if not distributed.is_main():
             return
         p = self.parts
@@ -172,6 +175,10 @@ class TrainState:
                 "window_steps": self.window_steps,
                 "elapsed_s": self.epoch_s() if self.batches_done else 0.0,
                 "sums": {"loss": totals.loss, "correct": totals.correct, "window": totals.window},
+                "rank_sums": [
+                    {"loss": loss, "correct": correct, "window": window, "seen": int(seen)}
+                    for loss, correct, window, seen in zip(*every, strict=True)
+                ],
             },
             path,
         )
@@ -183,7 +190,8 @@ class TrainState:
 
     def restore(self, ckpt: dict, path: Path) -> None:
         """Continue where `ckpt` stopped: weights, optimizer, schedule, scaler, RNG states and
-        the position. The epoch's sums so far are over all processes: rank 0 carries them on."""
+        the position. On as many processes as saved it, each takes its own sums of the epoch so
+        far; on another number, rank 0 carries on the sums over all of them."""
         p = self.parts
         checkpoint.load_weights(p.model, ckpt, path)
         p.optimizer.load_state_dict(ckpt["optimizer"])  # moves its state to the parameters' device
@@ -195,7 +203,14 @@ class TrainState:
         self.window_steps, self.elapsed_s, self.wall_s = (
             ckpt["window_steps"], ckpt["elapsed_s"], ckpt["wall_s"]
         )  # fmt: skip
-        if distributed.is_main():
-            sums = {k: v.to(self.device) for k, v in ckpt["sums"].items()}
-            self.loss_sum, self.correct, self.window = sums["loss"], sums["correct"], sums["window"]
-            self.seen = ckpt["seen"]
+        own = ckpt.get("rank_sums", [])  # none in checkpoints before 0.1's redesign
+        if len(own) == distributed.world_size():  # as many processes: each takes its own
+            sums = own[distributed.rank()]
+        elif distributed.is_main():  # another number: rank 0 carries the sums over all
+            sums = {**ckpt["sums"], "seen": ckpt["seen"]}
+        else:
+            return
+        self.loss_sum, self.correct, self.window = (
+            sums[k].to(self.device) for k in ("loss", "correct", "window")
+        )
+        self.seen = sums["seen"]
