@@ -150,9 +150,17 @@ def build_loaders(cfg: DictConfig, device: torch.device) -> Loaders:
 # ---------------------------------------------------------------------------- optimization
 
 
-def build_optimizer(cfg: DictConfig, model: nn.Module) -> torch.optim.Optimizer:
+def build_optimizer(
+    cfg: DictConfig, model: nn.Module, device: torch.device | None = None
+) -> torch.optim.Optimizer:
+    """With float16 on a GPU the update is fused unless optimizer.fused says otherwise: the
+    gradient scaler's step then skips its host sync (it reads found_inf on the device)."""
+    fused = {}
+    float16_on_gpu = str(cfg.trainer.precision) == "16-mixed" and device is not None
+    if float16_on_gpu and device.type == "cuda" and cfg.optimizer.get("fused", False) is None:
+        fused = {"fused": True}
     with blame("optimizer", cfg.optimizer):
-        return instantiate(cfg.optimizer, _convert_="all")(model.parameters())
+        return instantiate(cfg.optimizer, _convert_="all", **fused)(model.parameters())
 
 
 def build_scheduler(
@@ -197,7 +205,8 @@ def build_engine(cfg: DictConfig, model: nn.Module, device: torch.device) -> Eng
         forward = DistributedDataParallel(
             model, device_ids=[device] if device.type == "cuda" else None
         )
-    forward = torch.compile(forward) if cfg.trainer.compile else forward
+    # static shapes: a run has few (the last, smaller batch; evaluation), each compiled once
+    forward = torch.compile(forward, dynamic=False) if cfg.trainer.compile else forward
     dtype = PRECISIONS[str(cfg.trainer.precision)]
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)

@@ -32,20 +32,30 @@ def save(obj: dict, path: Path) -> None:
     write_atomic(path, lambda f: torch.save(obj, f))
 
 
-def rng_states() -> dict:
+def rng_states(device: torch.device | None = None) -> dict:
+    """The random states a resume restores: torch's CPU generator, numpy's, Python's, and the
+    generator of the run's own GPU (only that one: a run resumed on fewer GPUs, or on another,
+    restores it to the device it runs on)."""
     np_state = np.random.get_state()
+    on_gpu = device is not None and device.type == "cuda"
     return {
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "cuda": [torch.cuda.get_rng_state(device)] if on_gpu else [],
         "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
         "python": random.getstate(),
     }
 
 
-def set_rng_states(states: dict) -> None:
+def set_rng_states(states: dict, device: torch.device | None = None, saved_on: str = "") -> None:
+    """`saved_on`: the checkpoint's trainer.device. Checkpoints before 0.1's redesign hold one
+    CUDA state per visible GPU; the run's own is the one of that device's index."""
     torch.set_rng_state(states["torch"])
-    if states["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
+    cuda = states["cuda"]
+    if len(cuda) > 1:  # one per visible GPU: the run's own
+        index = torch.device(saved_on).index if saved_on.startswith("cuda:") else 0
+        cuda = cuda[index : index + 1]
+    if cuda and device is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(cuda[0], device)
     name, keys, *rest = states["numpy"]
     np.random.set_state((name, np.array(keys, dtype=np.uint32), *rest))
     version, internal, gauss = states["python"]

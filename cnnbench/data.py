@@ -288,9 +288,8 @@ class DeviceLoader:
         rank: int = 0,
         world_size: int = 1,
     ) -> None:
-        pin = device.type == "cuda"
-        self.images = (images.pin_memory() if pin else images).to(device, non_blocking=pin)
-        self.labels = (labels.pin_memory() if pin else labels).to(device, non_blocking=pin)
+        # one copy, once: pinning it first would only add a second host copy, kept cached
+        self.images, self.labels = images.to(device), labels.to(device)
         self.batch_size = batch_size
         self.device = device
         c = images.shape[1]

@@ -161,6 +161,8 @@ def run_device(name: str) -> torch.device:
     LOCAL_RANK."""
     device = resolve_device(name)
     if world_size() == 1:
+        if device.type == "cuda" and device.index is not None:  # else GPU 0 gets a context too
+            torch.cuda.set_device(device)
         return device
     if device.type not in ("cuda", "cpu"):
         raise ConfigError(

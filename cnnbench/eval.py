@@ -48,7 +48,9 @@ def evaluate(model: nn.Module, loader: data.DeviceLoader, num_classes: int) -> E
     for x, y in loader:
         logits = model(x)
         loss_sum += F.cross_entropy(logits, y, reduction="sum")
-        confusion += torch.bincount(y * num_classes + logits.argmax(1), minlength=len(confusion))
+        # index_add_ of a fixed-size matrix: bincount would sync with the GPU to size its output
+        cells = y * num_classes + logits.argmax(1)
+        confusion.index_add_(0, cells, torch.ones_like(cells))
     loss_sum, confusion = distributed.total(loss_sum), distributed.total(confusion)
     confusion = confusion.view(num_classes, num_classes).cpu()
     n = confusion.sum().item()

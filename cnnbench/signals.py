@@ -25,7 +25,8 @@ class StopSignals:
     """The first SIGINT or SIGTERM asks the loop to stop after its current step (it then
     saves a checkpoint); a second one stops at once."""
 
-    def __init__(self) -> None:
+    def __init__(self, every: int = 1) -> None:
+        self.every = every  # under torchrun, the processes agree every this many steps
         self.received: int | None = None
         self._previous: dict = {}
         self._alone = distributed.world_size() == 1
@@ -46,8 +47,14 @@ class StopSignals:
             f"({at_once})"
         )
 
-    def requested(self) -> bool:
-        """Whether any process received a signal (asked of every process: all stop together)."""
+    def requested(self, step: int | None = None) -> bool:
+        """Whether any process received a signal. Under torchrun every process asks, so that
+        all stop together, at step multiples of `every` (each asking is an all-reduce) and
+        whenever `step` is None."""
+        if self._alone:
+            return self.received is not None
+        if step is not None and step % self.every:
+            return False
         return distributed.anyone(self.received is not None)
 
     def stop(self, checkpoint: Path) -> Interrupted:

@@ -163,7 +163,7 @@ class TrainState:
                 "optimizer": p.optimizer.state_dict(),
                 "scheduler": p.scheduler.state_dict(),
                 "scaler": p.scaler.state_dict(),
-                "rng": checkpoint.rng_states(),
+                "rng": checkpoint.rng_states(self.device),
                 "epochs_done": self.epochs_done,
                 "batches_done": self.batches_done,
                 "step": self.step,
@@ -197,7 +197,7 @@ class TrainState:
         p.optimizer.load_state_dict(ckpt["optimizer"])  # moves its state to the parameters' device
         p.scheduler.load_state_dict(ckpt["scheduler"])
         p.scaler.load_state_dict(ckpt["scaler"])
-        checkpoint.set_rng_states(ckpt["rng"])
+        checkpoint.set_rng_states(ckpt["rng"], self.device, ckpt["config"]["trainer"]["device"])
         for key in ("epochs_done", "batches_done", "step", "best_acc", "best_epoch", "history"):
             setattr(self, key, ckpt[key])
         self.window_steps, self.elapsed_s, self.wall_s = (

@@ -62,7 +62,7 @@ def train(
         model = build_model(cfg, device)
         flops = forward_flops(model, (spec.channels, size, size))
         engine = build_engine(cfg, model, device)
-        optimizer = build_optimizer(cfg, model)
+        optimizer = build_optimizer(cfg, model, device)
         steps = max(1, cfg.trainer.epochs * len(loaders.train))
         scheduler = build_scheduler(cfg, optimizer, steps)
         loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.trainer.label_smoothing)
@@ -82,7 +82,7 @@ def train(
         epochs, world = cfg.trainer.epochs, distributed.world_size()
         figures = last_figures(state, engine, loaders, log)
         status, diverged_at, lr = "ok", None, optimizer.param_groups[0]["lr"]
-        with StopSignals() as stop:
+        with StopSignals(every=cfg.trainer.log_every_n_steps) as stop:
             for epoch in range(state.epochs_done + 1, epochs + 1):
                 model.train()
                 loaders.train.set_epoch(epoch, start=state.batches_done)
@@ -108,7 +108,7 @@ def train(
                             diverged_at = state.step
                             break
                         log.train_point(mean_loss, lr, loaders.train)
-                    if state.batches_done < len(loaders.train) and stop.requested():
+                    if state.batches_done < len(loaders.train) and stop.requested(state.step):
                         state.save(out_dir / "last.pt")  # mid-epoch, with the epoch's sums
                         raise stop.stop(out_dir / "last.pt")
 

@@ -288,3 +288,34 @@ def test_a_checkpoint_written_before_the_redesign_resumes_exactly(tmp_path, cach
     for key in RESULTS:
         assert resumed[key] == never_stopped[key], key
     assert rows(old) == rows(tmp_path / "new")
+
+
+def test_only_the_run_gpus_random_state_is_kept(monkeypatch):
+    """One CUDA generator state, the run device's, restored to the device the run resumes on:
+    a 4-GPU machine's run resumed on one GPU, or on another GPU, restores without an error."""
+    asked, restored = [], []
+
+    def get_rng_state(device):
+        asked.append(device)
+        return torch.tensor([7], dtype=torch.uint8)
+
+    monkeypatch.setattr(torch.cuda, "get_rng_state", get_rng_state)
+
+    def set_rng_state(state, device):
+        restored.append((state.tolist(), device))
+
+    monkeypatch.setattr(torch.cuda, "set_rng_state", set_rng_state)
+    gpu1 = torch.device("cuda", 1)
+    states = checkpoint.rng_states(gpu1)
+    assert asked == [gpu1] and len(states["cuda"]) == 1
+    checkpoint.set_rng_states(states, torch.device("cuda", 0), saved_on="cuda:1")
+    assert restored == [([7], torch.device("cuda", 0))]
+    # before the redesign: a state per visible GPU; the run was on cuda:2 of four
+    old = {**states, "cuda": [torch.tensor([i], dtype=torch.uint8) for i in range(4)]}
+    restored.clear()
+    checkpoint.set_rng_states(old, torch.device("cuda"), saved_on="cuda:2")
+    assert restored == [([2], torch.device("cuda"))]
+    restored.clear()
+    checkpoint.set_rng_states(old, torch.device("cpu"), saved_on="cuda")  # on the CPU now
+    assert restored == []
+    assert checkpoint.rng_states(torch.device("cpu"))["cuda"] == []

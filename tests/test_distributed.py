@@ -274,3 +274,28 @@ def test_a_launcher_whose_jobs_would_part_the_processes_is_refused(data_root, tm
     assert proc.returncode != 0
     assert err.count("cnnbench: error: under torchrun a sweep runs its jobs") == 1, err
     assert "with JoblibLauncher the processes" in err
+
+
+def test_a_single_process_on_cuda_n_makes_it_the_current_device(monkeypatch):
+    """Else the first CUDA call would open a context on GPU 0 as well."""
+    chosen = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    assert distributed.run_device("cuda:1") == torch.device("cuda", 1)
+    assert chosen == [torch.device("cuda", 1)]
+    assert distributed.run_device("cuda") == torch.device("cuda") and len(chosen) == 1
+
+
+def test_under_torchrun_a_stop_is_asked_for_at_the_log_cadence(monkeypatch):
+    from cnnbench.signals import StopSignals
+
+    asked = []
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    monkeypatch.setattr(distributed, "anyone", lambda flag: asked.append(flag) or flag)
+    stop = StopSignals(every=3)
+    assert [stop.requested(step) for step in range(1, 7)] == [False] * 6
+    assert len(asked) == 2  # steps 3 and 6: one all-reduce each
+    stop.received = signal.SIGTERM
+    assert not stop.requested(7) and stop.requested(9) and stop.requested()
+    assert len(asked) == 4

@@ -230,3 +230,28 @@ def test_without_glibc_the_allocator_is_left_alone(monkeypatch):
     monkeypatch.setattr(ctypes, "CDLL", lambda name: asked.append(name) or no_glibc(name))
     assert keep_freed_memory() is None  # nothing to tune, nothing raised
     assert asked == ["libc.so.6"]
+
+
+def test_compile_is_asked_for_static_shapes(make_cfg, monkeypatch):
+    from cnnbench.build import build_engine
+
+    asked = []
+    monkeypatch.setattr(torch, "compile", lambda model, **kwargs: asked.append(kwargs) or model)
+    cfg = make_cfg("model=mlp", "trainer.compile=true")
+    build_engine(cfg, build_model(cfg, torch.device("cpu")), torch.device("cpu"))
+    assert asked == [{"dynamic": False}]  # a few shapes, each compiled once
+
+
+@pytest.mark.parametrize(
+    "precision,device,fused,expected",
+    [("16-mixed", "cuda", "null", True), ("16-mixed", "cpu", "null", None),
+     ("32", "cuda", "null", None), ("16-mixed", "cuda", "false", False)],
+)  # fmt: skip
+def test_float16_on_a_gpu_fuses_the_update(make_cfg, precision, device, fused, expected):
+    """GradScaler.step reads found_inf on the host unless the optimizer is fused."""
+    from cnnbench.build import build_optimizer
+
+    cfg = make_cfg("model=mlp", f"trainer.precision={precision}", f"optimizer.fused={fused}")
+    model = build_model(cfg, torch.device("cpu"))  # the arguments are what is checked
+    optimizer = build_optimizer(cfg, model, torch.device(device))
+    assert optimizer.defaults["fused"] is expected
