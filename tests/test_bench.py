@@ -133,7 +133,9 @@ def test_missing_data_is_one_message_and_exit_2(capsys, tmp_path, cache_dir):
 
 
 @pytest.mark.slow
-def test_ablation_measures_every_switch_side_by_side(tmp_path, data_root, cache_dir):
+def test_ablation_measures_every_switch_side_by_side(tmp_path, data_root, cache_dir, monkeypatch):
+    # the table's mechanics, not the compiler: test_engine trains a compiled model for real
+    monkeypatch.setattr(torch, "compile", lambda model, **kwargs: model)
     out = tmp_path / "ablation.json"
     results = bench.main(
         ["--ablation", "--quick", "--models", "lenet", "--json", str(out),
