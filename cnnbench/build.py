@@ -200,6 +200,8 @@ def build_engine(cfg: DictConfig, model: nn.Module, device: torch.device) -> Eng
     underflow; bfloat16 has float32's range)."""
     if cfg.trainer.channels_last:
         model.to(memory_format=torch.channels_last)
+    if cfg.trainer.deterministic and device.type == "cuda":
+        deterministic_pools(model)
     forward = model
     if distributed.world_size() > 1:  # all-reduces the gradients during backward
         forward = DistributedDataParallel(
@@ -213,11 +215,35 @@ def build_engine(cfg: DictConfig, model: nn.Module, device: torch.device) -> Eng
     return Engine(forward, autocast, scaler)
 
 
-def tune_backend(device: torch.device) -> None:
-    if device.type == "cuda":  # the fastest convolution algorithms for these fixed shapes
-        torch.backends.cudnn.benchmark = True
-    else:
+def tune_backend(device: torch.device, deterministic: bool = False) -> None:
+    """trainer.deterministic: kernels that give the same bits on every run, so that a run
+    resumed on its GPU ends as it would have (on the CPU they do already). cuBLAS needs a
+    fixed workspace for that, set before its first call."""
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(deterministic)
+    # else the fastest convolution algorithms for these fixed shapes, measured once
+    torch.backends.cudnn.benchmark = device.type == "cuda" and not deterministic
+    if device.type != "cuda":
         keep_freed_memory()
+
+
+class GlobalAvgPool(nn.Module):
+    """The mean over each feature map: what AdaptiveAvgPool2d(1) computes, with a backward
+    pass that CUDA runs deterministically (the adaptive pool's has no such kernel)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean((2, 3), keepdim=True)
+
+
+def deterministic_pools(model: nn.Module) -> nn.Module:
+    """Swap the model's global adaptive average pools for GlobalAvgPool (same weights, same
+    outputs up to rounding), in place."""
+    for parent in model.modules():
+        for name, child in parent.named_children():
+            if isinstance(child, nn.AdaptiveAvgPool2d) and child.output_size in (1, (1, 1)):
+                setattr(parent, name, GlobalAvgPool())
+    return model
 
 
 def keep_freed_memory() -> None:

@@ -98,10 +98,12 @@ def load(path: str | Path, map_location: torch.device | str = "cpu") -> dict:
             f"{path} is not a cnnbench checkpoint (format {FORMAT}); start a new run or use "
             "a checkpoint that cnnbench wrote"
         )
-    # before the typed schema (schema.TrainerConfig), trainer.precision 32 was saved as a number
+    # before the typed schema (schema.TrainerConfig), trainer.precision 32 was saved as a
+    # number, and trainer.deterministic did not exist
     trainer = ckpt.get("config", {}).get("trainer", {})
     if "precision" in trainer:
         trainer["precision"] = str(trainer["precision"])
+        trainer.setdefault("deterministic", False)
     return ckpt
 
 

@@ -181,6 +181,7 @@ RULES: dict[str, tuple[Callable[[object], bool], str, str]] = {
         "trainer.precision=bf16",
     ),
     "trainer.compile": (_bool, "true or false", "trainer.compile=true"),
+    "trainer.deterministic": (_bool, "true or false", "trainer.deterministic=true"),
     "trainer.channels_last": (_bool, "true or false", "trainer.channels_last=true"),
     "trainer.limit_test_batches": (
         _or_none(_int_at_least(1)),

@@ -36,8 +36,14 @@ def flatten(tree: dict, prefix: str = "") -> dict:
     return out
 
 
+# settings added since the first release, and what a run saved before them had
+ADDED_SETTINGS = {"trainer.deterministic": False}
+
+
 def run_identity(cfg: dict) -> dict:
-    flat = flatten({k: v for k, v in cfg.items() if k != "hydra"})
+    flat = ADDED_SETTINGS | flatten({k: v for k, v in cfg.items() if k != "hydra"})
+    if "trainer.precision" in flat:  # a number in runs saved before the typed schema
+        flat["trainer.precision"] = str(flat["trainer.precision"])
     return {k: v for k, v in flat.items() if k not in NOT_IDENTITY}
 
 

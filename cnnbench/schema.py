@@ -53,6 +53,9 @@ class TrainerConfig:
     # made for CUDA, runs on the CPU too (docs/performance.md says what each buys)
     precision: str = "32"
     compile: bool = False  # torch.compile the model; the first steps pay for compiling
+    # the same bits on every run and resume on a GPU too: deterministic kernels (slower), no
+    # cuDNN autotuning; on the CPU runs are deterministic already
+    deterministic: bool = False
     channels_last: bool = False  # channels-last (NHWC) layout for the model and its batches
 
 

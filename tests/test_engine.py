@@ -4,6 +4,7 @@
 import csv
 import ctypes
 import math
+import os
 
 import pytest
 import torch
@@ -255,3 +256,44 @@ def test_float16_on_a_gpu_fuses_the_update(make_cfg, precision, device, fused, e
     model = build_model(cfg, torch.device("cpu"))  # the arguments are what is checked
     optimizer = build_optimizer(cfg, model, torch.device(device))
     assert optimizer.defaults["fused"] is expected
+
+
+def test_deterministic_mode_sets_its_switches_and_resumes_exactly(make_cfg, tmp_path, monkeypatch):
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    run = ["model=lenet_bn", "trainer.epochs=2", "trainer.deterministic=true"]
+    try:
+        whole = train(make_cfg(*run), tmp_path / "whole")
+        assert torch.are_deterministic_algorithms_enabled()
+        assert not torch.backends.cudnn.benchmark
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+        signal_at_step(monkeypatch, 13)
+        with pytest.raises(Interrupted):
+            train(make_cfg(*run), tmp_path / "stopped")
+        monkeypatch.undo()
+        resumed = train(
+            make_cfg(*run), tmp_path / "stopped", resume=tmp_path / "stopped" / "last.pt"
+        )
+        for key in ("train_loss", "test_loss", "test_acc", "steps"):
+            assert resumed[key] == whole[key], key
+        train(make_cfg("model=mlp", "trainer.epochs=1"), tmp_path / "again")
+        assert not torch.are_deterministic_algorithms_enabled()  # a run without it turns it off
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+
+@pytest.mark.parametrize("name", ["resnet", "nin", "googlenet", "densenet"])
+def test_deterministic_pools_compute_the_global_average(make_cfg, name):
+    """On a GPU, trainer.deterministic swaps AdaptiveAvgPool2d(1), whose CUDA backward is
+    nondeterministic, for a mean over the feature maps."""
+    from cnnbench.build import GlobalAvgPool, deterministic_pools
+
+    cfg = make_cfg(f"model={name}", "dataset.resize=96")
+    model = build_model(cfg, torch.device("cpu")).eval()
+    x = torch.randn(2, 1, 96, 96)
+    with torch.no_grad():
+        before = model(x)
+        deterministic_pools(model)
+        after = model(x)
+    assert not [m for m in model.modules() if isinstance(m, torch.nn.AdaptiveAvgPool2d)]
+    assert any(isinstance(m, GlobalAvgPool) for m in model.modules())
+    assert torch.allclose(before, after, atol=1e-5)
