@@ -215,13 +215,16 @@ def build_engine(cfg: DictConfig, model: nn.Module, device: torch.device) -> Eng
     return Engine(forward, autocast, scaler)
 
 
-def tune_backend(device: torch.device, deterministic: bool = False) -> None:
+def tune_backend(
+    device: torch.device, deterministic: bool = False, matmul_precision: str = "highest"
+) -> None:
     """trainer.deterministic: kernels that give the same bits on every run, so that a run
     resumed on its GPU ends as it would have (on the CPU they do already). cuBLAS needs a
     fixed workspace for that, set before its first call."""
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(deterministic)
+    torch.set_float32_matmul_precision(matmul_precision)
     # else the fastest convolution algorithms for these fixed shapes, measured once
     torch.backends.cudnn.benchmark = device.type == "cuda" and not deterministic
     if device.type != "cuda":

@@ -104,6 +104,7 @@ def load(path: str | Path, map_location: torch.device | str = "cpu") -> dict:
     if "precision" in trainer:
         trainer["precision"] = str(trainer["precision"])
         trainer.setdefault("deterministic", False)
+        trainer.setdefault("matmul_precision", "highest")
     return ckpt
 
 

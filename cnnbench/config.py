@@ -182,6 +182,11 @@ RULES: dict[str, tuple[Callable[[object], bool], str, str]] = {
     ),
     "trainer.compile": (_bool, "true or false", "trainer.compile=true"),
     "trainer.deterministic": (_bool, "true or false", "trainer.deterministic=true"),
+    "trainer.matmul_precision": (
+        lambda v: v in ("highest", "high", "medium"),
+        "one of highest, high, medium",
+        "trainer.matmul_precision=high",
+    ),
     "trainer.channels_last": (_bool, "true or false", "trainer.channels_last=true"),
     "trainer.limit_test_batches": (
         _or_none(_int_at_least(1)),

@@ -37,7 +37,7 @@ def flatten(tree: dict, prefix: str = "") -> dict:
 
 
 # settings added since the first release, and what a run saved before them had
-ADDED_SETTINGS = {"trainer.deterministic": False}
+ADDED_SETTINGS = {"trainer.deterministic": False, "trainer.matmul_precision": "highest"}
 
 
 def run_identity(cfg: dict) -> dict:

@@ -56,6 +56,9 @@ class TrainerConfig:
     # the same bits on every run and resume on a GPU too: deterministic kernels (slower), no
     # cuDNN autotuning; on the CPU runs are deterministic already
     deterministic: bool = False
+    # float32 matrix products: highest (full float32, PyTorch's default), high (TF32 on
+    # Ampere and later GPUs, as convolutions already use) or medium (bfloat16 passes)
+    matmul_precision: str = "highest"
     channels_last: bool = False  # channels-last (NHWC) layout for the model and its batches
 
 

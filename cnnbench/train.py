@@ -51,7 +51,7 @@ def train(
     start = time.perf_counter()
     validate(cfg)
     device = distributed.run_device(cfg.trainer.device)
-    tune_backend(device, cfg.trainer.deterministic)
+    tune_backend(device, cfg.trainer.deterministic, cfg.trainer.matmul_precision)
     config, spec, size = resolved(cfg), data.SPECS[cfg.dataset.name], image_size(cfg)
     ckpt = checkpoint.load_for_resume(resume, config, size) if resume else None
     restarted = not ckpt and distributed.main_first(lambda: claim(out_dir, restart), others=False)

@@ -153,3 +153,18 @@ def test_ablation_measures_every_switch_side_by_side(tmp_path, data_root, cache_
         assert r["model"] == "lenet"
         assert r["with_images_per_s"] > 0 and r["without_images_per_s"] > 0
         assert r["ratio"] == pytest.approx(r["with_images_per_s"] / r["without_images_per_s"])
+
+
+def test_the_peak_is_measured_in_the_runs_compute_dtype(make_cfg, monkeypatch):
+    """bf16 work against a float32 peak could pass 100%."""
+    from cnnbench.bench import compare
+
+    asked = []
+    monkeypatch.setattr(compare, "matmul_peak_flops",
+                        lambda device, dtype=None: asked.append(dtype) or 1e9)  # fmt: skip
+    peaks = {}
+    cpu = torch.device("cpu")
+    for precision in ("bf16", "bf16", "16-mixed", "32"):
+        compare.peak_for(make_cfg(f"trainer.precision={precision}"), cpu, peaks)
+    assert asked == [torch.bfloat16, torch.float16, None]  # once per compute dtype
+    torch.set_float32_matmul_precision("highest")

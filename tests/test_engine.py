@@ -297,3 +297,13 @@ def test_deterministic_pools_compute_the_global_average(make_cfg, name):
     assert not [m for m in model.modules() if isinstance(m, torch.nn.AdaptiveAvgPool2d)]
     assert any(isinstance(m, GlobalAvgPool) for m in model.modules())
     assert torch.allclose(before, after, atol=1e-5)
+
+
+def test_the_float32_matmul_precision_is_a_setting(make_cfg, tmp_path):
+    try:
+        train(make_cfg("model=mlp", "trainer.epochs=1", "trainer.matmul_precision=high"), tmp_path)
+        assert torch.get_float32_matmul_precision() == "high"  # TF32 on a GPU that has it
+    finally:
+        torch.set_float32_matmul_precision("highest")
+    with pytest.raises(ConfigError, match=r"trainer.matmul_precision='tf32' is not allowed"):
+        train(make_cfg("trainer.matmul_precision=tf32"), tmp_path / "bad")

@@ -130,7 +130,9 @@ def measure_machine(device: torch.device) -> tuple[dict, float]:
 
 
 def table(cases: list[Case], configs: list[DictConfig], peak: float) -> list[dict]:
-    """One record and table row per model."""
+    """One record and table row per model. `peak`: the float32 matmul peak, measured first;
+    a run in another compute dtype is compared with a peak measured in that dtype."""
+    peaks = {(None, "highest"): peak}
     print(table_line([name for name, _, _ in COLUMNS]), flush=True)
     # every textbook loop first: on the CPU the engine tunes the process's allocator
     # (build.keep_freed_memory), which a textbook loop, as users run it, goes without
@@ -145,7 +147,7 @@ def table(cases: list[Case], configs: list[DictConfig], peak: float) -> list[dic
         try:
             if isinstance(textbook[case], Exception):
                 raise textbook[case]
-            record = bench_model(case, cfg, peak, textbook[case])
+            record = bench_model(case, cfg, peaks, textbook[case])
         except (ModelFailed, torch.OutOfMemoryError) as err:
             record = {"model": case.name, "error": f"{type(err).__name__}: {err}"}
         records.append(record)

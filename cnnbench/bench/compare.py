@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 
+import torch
 from omegaconf import DictConfig
 
 from cnnbench.bench.loops import (
@@ -14,7 +15,8 @@ from cnnbench.bench.loops import (
     run_bare,
     run_engine,
 )
-from cnnbench.bench.measure import PeakMemory
+from cnnbench.bench.measure import PeakMemory, matmul_peak_flops
+from cnnbench.build import PRECISIONS
 from cnnbench.config import class_name, image_size
 from cnnbench.distributed import resolve_device
 
@@ -71,7 +73,19 @@ def ablation(cases: list[Case], overrides: list[str]) -> list[dict]:
     return rows
 
 
-def bench_model(case: Case, cfg: DictConfig, peak_flops: float, textbook: dict) -> dict:
+def peak_for(cfg: DictConfig, device: torch.device, peaks: dict) -> float:
+    """The matmul peak in the run's compute dtype (autocast's, else float32 at the run's
+    matmul precision), measured once per kind: bf16 work against a float32 peak could pass
+    100%."""
+    dtype = PRECISIONS[str(cfg.trainer.precision)]
+    key = (dtype, cfg.trainer.matmul_precision)
+    if key not in peaks:
+        torch.set_float32_matmul_precision(cfg.trainer.matmul_precision)
+        peaks[key] = matmul_peak_flops(device, dtype=dtype)
+    return peaks[key]
+
+
+def bench_model(case: Case, cfg: DictConfig, peaks: dict, textbook: dict) -> dict:
     """One record: the three loops on the same model, batch size, optimizer and data (the
     textbook loop's figures measured beforehand)."""
     device = resolve_device(cfg.trainer.device)
@@ -110,5 +124,6 @@ def bench_model(case: Case, cfg: DictConfig, peak_flops: float, textbook: dict) 
         else record["cnnbench_measured_epoch_s"],
         "engine_efficiency": engine_rate / record["bare_train_images_per_s"],
         "cnnbench_train_flops_per_s": flops_per_s,
-        "cnnbench_peak_fraction": flops_per_s / peak_flops,
+        "matmul_peak_flops_per_s": peak_for(cfg, device, peaks),
+        "cnnbench_peak_fraction": flops_per_s / peak_for(cfg, device, peaks),
     }

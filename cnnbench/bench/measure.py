@@ -75,10 +75,14 @@ class PeakMemory:
             self.mib = peak / (2**20 if sys.platform == "darwin" else 2**10)
 
 
-def matmul_peak_flops(device: torch.device, n: int = 2048, seconds: float = 1.0) -> float:
-    """FLOP/s of float32 n x n matrix products on `device`, after two warm-up products: the
-    yardstick for how much of the device a training loop uses."""
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+def matmul_peak_flops(
+    device: torch.device, n: int = 2048, seconds: float = 1.0, dtype: torch.dtype | None = None
+) -> float:
+    """FLOP/s of n x n matrix products on `device` in `dtype` (None: float32, at the process's
+    float32 matmul precision, TF32 where it is "high"), after two warm-up products: the
+    yardstick for how much of the device a training loop uses, in the loop's compute dtype."""
+    kind = dict(device=device, dtype=dtype or torch.float32)
+    a, b = torch.randn(n, n, **kind), torch.randn(n, n, **kind)
     for _ in range(2):
         torch.mm(a, b)
     sync(device)

@@ -25,7 +25,7 @@ LEGEND = """\
 tb: the textbook loop (PIL Dataset, DataLoader, .item() every step); cb: cnnbench's engine;
 bare: forward/backward/step on ready batches; eff = cb / bare; ~: extrapolated to the whole
 training split; MiB: peak memory while training; warm-up s: the engine's first epoch;
-% peak: the engine's training FLOP/s over the measured matmul peak."""
+% peak: the engine's training FLOP/s over the matmul peak measured in its compute dtype."""
 
 
 def table_line(cells: list) -> str:
