@@ -1,0 +1,72 @@
+"""What depends on the device, once per device: the CPU always, CUDA where a GPU is present
+(skipped elsewhere). scripts/gpu_check.sh runs this file on a machine with a GPU."""
+
+import math
+
+import pytest
+import torch
+
+from cnnbench import checkpoint
+from cnnbench.eval import main as evaluate_checkpoint
+from cnnbench.train import Interrupted, train
+from tests.test_checkpoint import signal_at_step
+
+GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU here")
+DEVICES = ["cpu", pytest.param("cuda", marks=[GPU, pytest.mark.cuda])]
+
+
+def on(make_cfg, device: str, *overrides: str):
+    return make_cfg(f"trainer.device={device}", "model=mlp", "trainer.epochs=1", *overrides)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_trains(make_cfg, tmp_path, device):
+    results = train(on(make_cfg, device), tmp_path)
+    assert results["status"] == "ok" and results["device"].startswith(device)
+    assert results["test_acc"] > 0.5 and math.isfinite(results["train_loss"])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_deterministic_run_resumes_bit_identically(make_cfg, tmp_path, monkeypatch, device):
+    run = ["model=lenet_bn", "trainer.epochs=2", "trainer.deterministic=true"]
+    try:
+        whole = train(on(make_cfg, device, *run), tmp_path / "whole")
+        signal_at_step(monkeypatch, 13)  # mid-epoch 2
+        with pytest.raises(Interrupted):
+            train(on(make_cfg, device, *run), tmp_path / "stopped")
+        monkeypatch.undo()
+        resumed = train(on(make_cfg, device, *run), tmp_path / "stopped",
+                        resume=tmp_path / "stopped" / "last.pt")  # fmt: skip
+    finally:
+        torch.use_deterministic_algorithms(False)
+    for key in ("train_loss", "test_loss", "test_acc", "steps"):
+        assert resumed[key] == whole[key], key
+
+
+SWITCHES = [["trainer.precision=bf16"], ["trainer.precision=16-mixed"],
+            ["trainer.channels_last=true", "model=lenet_bn"]]  # fmt: skip
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("switches", SWITCHES)
+def test_the_engine_switches_train(make_cfg, tmp_path, device, switches):
+    results = train(on(make_cfg, device, "trainer.epochs=2", *switches), tmp_path)
+    assert results["status"] == "ok" and math.isfinite(results["train_loss"])
+    scaler = checkpoint.load(tmp_path / "last.pt")["scaler"]
+    assert bool(scaler) == ("trainer.precision=16-mixed" in switches)  # float16's loss scale
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_compile_trains_and_saves_plain_weights(make_cfg, tmp_path, device):
+    results = train(on(make_cfg, device, "trainer.compile=true"), tmp_path)
+    assert results["status"] == "ok"
+    names = checkpoint.load(tmp_path / "last.pt")["model"]
+    assert not [n for n in names if n.startswith("_orig_mod.")]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_eval_on_the_device_gives_the_logged_accuracy(make_cfg, tmp_path, device, capsys):
+    results = train(on(make_cfg, device), tmp_path / "run")
+    result = evaluate_checkpoint([f"ckpt={tmp_path / 'run'}", f"trainer.device={device}",
+                                  f"out={tmp_path / 'eval'}"])  # fmt: skip
+    assert result.acc == results["test_acc"]
