@@ -38,16 +38,10 @@ from cnnbench.config import (
 )
 from cnnbench.errors import USER_ERRORS, ConfigError, WriteError, fail
 from cnnbench.report import ReportError, find_runs
-from cnnbench.rundir import check_writable, claim
+from cnnbench.rundir import check_writable, claim, launched
 from cnnbench.runs import objective, read_results
 
 log = logging.getLogger("cnnbench.train")
-
-
-def launched() -> bool:
-    """Started by torchrun with more than one process (read from its environment, so that the
-    command line imports no torch)."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
 def tell(*args, **kwargs) -> None:

@@ -20,14 +20,10 @@ import torch.distributed as dist
 
 from cnnbench import rundir
 from cnnbench.errors import ConfigError
+from cnnbench.rundir import launched
 from cnnbench.seeding import rank_seed
 
 T = TypeVar("T")
-
-
-def launched() -> bool:
-    """Started by torchrun (or another launcher that sets WORLD_SIZE) with more than one process."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
 def init() -> None:
@@ -204,11 +200,12 @@ def check_global_batch(batch_size: int, images: int, last_batch: int) -> None:
 
 
 def describe(device: torch.device, batch_size: int) -> str | None:
-    """The start line's note on data parallelism (None for one process)."""
-    if world_size() == 1:
+    """The start line's note on data parallelism (None without torchrun)."""
+    if not dist.is_initialized():
         return None
     backend = "nccl" if device.type == "cuda" else "gloo"
+    processes = "1 process" if world_size() == 1 else f"{world_size()} processes"
     return (
-        f"data parallel over {world_size()} processes ({backend}): batch size {batch_size} in "
-        f"all, about {batch_size // world_size()} per process"
+        f"data parallel over {processes} ({backend}): batch size {batch_size} in all, about "
+        f"{batch_size // world_size()} per process"
     )

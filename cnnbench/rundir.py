@@ -21,6 +21,12 @@ from cnnbench.runs import NOT_IDENTITY, newest_matching_run
 started: datetime | None = None
 
 
+def launched() -> bool:
+    """Started by torchrun (its agent sets TORCHELASTIC_RUN_ID), with any number of processes,
+    or by another launcher with WORLD_SIZE > 1. From the environment: no torch import."""
+    return "TORCHELASTIC_RUN_ID" in os.environ or int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
 def now(pattern: str) -> str:
     return (started or datetime.now()).strftime(pattern)
 
@@ -82,7 +88,7 @@ def unclaimed(folder: str) -> str:
     """The default run directory, or when a run started within the same second has claimed it
     already, the same name with -2, -3, ... (a run's directory is named by the second it
     started). Not under torchrun, where every process must name the same directory."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if launched():
         return folder
     path, n = Path(folder), 1
     while (path / "metrics.csv").exists():

@@ -3,9 +3,9 @@
 #
 #     bash scripts/gpu_check.sh [folder for the bench's JSON and the runs]
 #
-# It runs tests/test_devices.py (the CPU and CUDA cases), `cnnbench.bench --quick` on CUDA,
-# and one epoch each of experiment=fashion/resnet and experiment=fashion/alexnet, then prints
-# a summary. On a machine without CUDA it says so, runs the CPU cases, and exits 0.
+# It runs tests/test_devices.py and a 1-process torchrun (NCCL on the GPU), `cnnbench.bench
+# --quick` on CUDA, and one epoch each of experiment=fashion/resnet and fashion/alexnet, then
+# prints a summary. On a machine without CUDA it says so, runs the CPU cases, and exits 0.
 #
 # The GPU machines lent to this project have torch, torchvision, tensorboard, tqdm, matplotlib
 # and pytest, but not hydra-core, omegaconf and antlr4, and they reach no package registry.
@@ -42,7 +42,8 @@ if ! python -c "import hydra, omegaconf" 2>/dev/null; then
         --target .gpu_deps wheels/* || exit 2
 fi
 cuda=$(python -c "import torch; print(int(torch.cuda.is_available()))")
-step "tests/test_devices.py" python -m pytest -q -p no:cacheprovider -rs tests/test_devices.py
+step "the device tests" python -m pytest -q -p no:cacheprovider -rs tests/test_devices.py \
+    tests/test_distributed.py::test_one_process_under_torchrun_joins_a_group_of_one
 if [ "$cuda" = 1 ]; then
     data=(dataset.root=../shared/data dataset.cache_dir="$out/cache" trainer.device=cuda)
     step "bench --quick on CUDA" python -m cnnbench.bench --quick --device cuda \

@@ -319,3 +319,18 @@ def test_only_the_run_gpus_random_state_is_kept(monkeypatch):
     checkpoint.set_rng_states(old, torch.device("cpu"), saved_on="cuda")  # on the CPU now
     assert restored == []
     assert checkpoint.rng_states(torch.device("cpu"))["cuda"] == []
+
+
+def test_a_run_resumed_from_best_pt_logs_the_loss_window_it_had(make_cfg, tmp_path, monkeypatch):
+    """best.pt is the epoch's last.pt, loss window included: the first train/loss point after
+    the resume averages the same steps as in the run never stopped."""
+    run = ["model=mlp", "trainer.epochs=3", "trainer.log_every_n_steps=3"]  # 10 steps an epoch
+    train(make_cfg(*run), tmp_path / "whole")
+    signal_at_step(monkeypatch, 20)  # the last step of epoch 2: it stops at the epoch's end
+    with pytest.raises(Interrupted):
+        train(make_cfg(*run), tmp_path / "stopped")
+    monkeypatch.undo()
+    best = checkpoint.load(tmp_path / "stopped" / "best.pt")  # of epoch 1 or 2
+    assert best["batches_done"] == 0 and best["window_steps"] == best["step"] % 3 > 0
+    train(make_cfg(*run), tmp_path / "stopped", resume=tmp_path / "stopped" / "best.pt")
+    assert scalars(tmp_path / "stopped", "train/loss") == scalars(tmp_path / "whole", "train/loss")

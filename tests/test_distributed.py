@@ -24,6 +24,7 @@ from cnnbench.data import DataError
 from cnnbench.eval import evaluate
 from tests.conftest import run_cli, small_overrides
 from tests.test_cli import env
+from tests.test_devices import DEVICES
 
 
 def loader(rank: int, world_size: int, **kwargs) -> data.DeviceLoader:
@@ -299,3 +300,19 @@ def test_under_torchrun_a_stop_is_asked_for_at_the_log_cadence(monkeypatch):
     stop.received = signal.SIGTERM
     assert not stop.requested(7) and stop.requested(9) and stop.requested()
     assert len(asked) == 4
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("device", DEVICES)
+def test_one_process_under_torchrun_joins_a_group_of_one(data_root, tmp_path, device):
+    """On a GPU the sums over the processes then go through NCCL (scripts/gpu_check.sh)."""
+    run_dir = tmp_path / "run"
+    args = [*small_overrides(data_root, tmp_path / "cache"), "model=mlp", "trainer.epochs=1",
+            f"trainer.device={device}", f"hydra.run.dir={run_dir}"]  # fmt: skip
+    proc = torchrun(*args, cwd=tmp_path, nproc=1)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    backend = "nccl" if device == "cuda" else "gloo"
+    assert f"data parallel over 1 process ({backend})" in (run_dir / "train.log").read_text()
+    got = results(run_dir)
+    assert got["status"] == "ok" and got["world_size"] == 1 and got["device"].startswith(device)
