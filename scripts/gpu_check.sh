@@ -12,7 +12,7 @@
 # Those come from wheels/ (ignored by git), filled beforehand on a machine that reaches PyPI,
 # for the GPU machine's Python (3.11 here; pass --python-version otherwise):
 #
-#     pip download --no-deps --only-binary=:all: -d wheels hydra-core==1.3.8 omegaconf==2.3.1
+#     pip download --no-deps --only-binary=:all: -d wheels hydra-core==1.3.8 omegaconf==2.3.1 PyYAML
 #     pip download --no-deps -d wheels antlr4-python3-runtime==4.9.3   # a source archive
 #
 # and carried along (the device tool's carry=["wheels"]). They are installed into .gpu_deps/,
@@ -38,8 +38,9 @@ if ! python -c "import hydra, omegaconf" 2>/dev/null; then
         echo "hydra-core and omegaconf are missing and wheels/ is empty: see this script's header"
         exit 2
     fi
+    # antlr4's source archive builds with the machine's own setuptools: no index to ask
     step "install hydra-core, omegaconf" python -m pip install -q --no-index --no-deps \
-        --target .gpu_deps wheels/* || exit 2
+        --no-build-isolation --target .gpu_deps wheels/* || exit 2
 fi
 cuda=$(python -c "import torch; print(int(torch.cuda.is_available()))")
 step "the device tests" python -m pytest -q -p no:cacheprovider -rs tests/test_devices.py \
