@@ -148,16 +148,18 @@ class RunLog:
         )  # fmt: skip
         quiet = bar.disable and self.main
         next_line = time.monotonic() + PROGRESS_EVERY_S
-        for batch in bar:
-            yield batch
-            if quiet and time.monotonic() >= next_line:
-                next_line = time.monotonic() + PROGRESS_EVERY_S
-                loss = "" if self._last_loss is None else f", loss {self._last_loss:.4f}"
-                log.info(
-                    f"epoch {epoch}/{epochs}: batch {state.batches_done}/{len(loader)}, "
-                    f"{self._rate(loader):,.0f} img/s{loss}"
-                )
-        bar.close()
+        try:
+            for batch in bar:
+                yield batch
+                if quiet and time.monotonic() >= next_line:
+                    next_line = time.monotonic() + PROGRESS_EVERY_S
+                    loss = "" if self._last_loss is None else f", loss {self._last_loss:.4f}"
+                    log.info(
+                        f"epoch {epoch}/{epochs}: batch {state.batches_done}/{len(loader)}, "
+                        f"{self._rate(loader):,.0f} img/s{loss}"
+                    )
+        finally:  # also when the loop stops early (a stop signal, a diverged loss)
+            bar.close()
 
     def _rate(self, loader: DeviceLoader) -> float:
         return self.state.batches_done * loader.batch_size / max(self.state.epoch_s(), 1e-9)
