@@ -14,6 +14,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+# under pytest-xdist the workers share the cores: a thread each (children inherit it), so
+# that they do not take every core from each other (set before torch is imported)
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 import numpy as np
 import pytest
 from omegaconf import DictConfig

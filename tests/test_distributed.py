@@ -105,7 +105,7 @@ def test_in_a_real_process_group(tmp_path, test):
 
 # plain SGD, whose step follows the gradient's scale; batches of 31 split 16/15 between the
 # two ranks (and the epoch's last, of 11, 6/5), so every step needs the ranks' loss weights
-RUN = ["model=lenet5", "dataset.batch_size=31", "trainer.epochs=4", "optimizer=sgd",
+RUN = ["model=lenet5", "dataset.batch_size=31", "trainer.epochs=3", "optimizer=sgd",
        "optimizer.lr=0.05", "optimizer.momentum=0.9", "dataset.translate=1",
        "trainer.log_every_n_steps=3"]  # fmt: skip
 STEPS = 20  # per epoch: 600 images in batches of 31
@@ -162,7 +162,7 @@ def test_two_processes_train_as_one_with_the_same_global_batch(runs):
     one, two, _, _ = runs
     a, b = results(one), results(two)
     assert (a["world_size"], b["world_size"]) == (1, 2)
-    assert a["steps"] == b["steps"] == 4 * STEPS
+    assert a["steps"] == b["steps"] == 3 * STEPS
     # LeNet-5 has no BatchNorm or dropout: only the order of float sums differs, which the
     # epochs amplify; the first epoch agrees to float precision
     first_a, first_b = metrics(one)[0], metrics(two)[0]
@@ -181,10 +181,10 @@ def test_only_rank_zero_writes_and_the_logged_metrics_are_global(runs, data_root
     assert out.count("test accuracy") == 1
     assert out.count("data parallel over 2 processes (gloo): batch size 31 in all") == 1
     assert len(list(two.glob("events.out.tfevents.*"))) == 1
-    assert (two / "train.log").read_text().count("epoch 4/4") == 1
-    assert [int(row["epoch"]) for row in metrics(two)] == [1, 2, 3, 4]
+    assert (two / "train.log").read_text().count("epoch 3/3") == 1
+    assert [int(row["epoch"]) for row in metrics(two)] == [1, 2, 3]
     steps = [e.step for e in EventAccumulator(str(two)).Reload().Scalars("test/acc")]
-    assert steps == [STEPS * e for e in range(1, 5)]
+    assert steps == [STEPS * e for e in range(1, 4)]
     # the logged test accuracy is over the whole test split, as one process measures it
     ckpt = torch.load(two / "last.pt", weights_only=True)
     cfg = OmegaConf.create(ckpt["config"])
@@ -224,8 +224,8 @@ def test_a_stopped_run_resumes_with_any_number_of_processes(runs, data_root, tmp
     _, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err
     got, want = results(run_dir), results(reference)
-    assert got["epochs_done"] == 4 and got["steps"] == want["steps"] and got["resumed"]
-    assert [int(row["epoch"]) for row in metrics(run_dir)] == [1, 2, 3, 4]
+    assert got["epochs_done"] == 3 and got["steps"] == want["steps"] and got["resumed"]
+    assert [int(row["epoch"]) for row in metrics(run_dir)] == [1, 2, 3]
     if how == "torchrun":  # the same processes again: the run never stopped, to the bit,
         # the epoch it stopped in (whose sums so far came from the checkpoint) included
         columns = ("train_loss", "train_acc", "test_loss", "test_acc")
