@@ -34,7 +34,7 @@ SWITCHES = [
 def ablation(cases: list[Case], overrides: list[str]) -> list[dict]:
     """One row per engine choice and model: images/s without it and with it, side by side.
     The per-step sync is measured on the bare loop, the rest on the engine itself. The
-    allocator setting (train.keep_freed_memory) lasts for the process: the runs without it
+    allocator setting (build.keep_freed_memory) lasts for the process: the runs without it
     come first."""
     rows = []
 
