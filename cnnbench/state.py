@@ -136,20 +136,16 @@ class TrainState:
 
     # ---- the checkpoint
 
-    def save(self, path: Path, window: torch.Tensor | None = None) -> None:
-        """Write the checkpoint (rank 0; every process must call it, for the sums over all of
-        them). Mid-epoch it holds the epoch's sums so far; at the end of an epoch, only the
-        loss window, whose sum over the processes the caller may pass as `window`."""
-        if self.batches_done:
-            totals = self.totals()
-        else:
-            window = distributed.total(self.window) if window is None else window
-            totals = EpochTotals(self.loss_sum, self.correct, window, seen=0)
-        # each process's own sums too: a resume on as many processes adds in the same order
+    def save(self, path: Path) -> None:
+        """Write the checkpoint (rank 0; every process must call it). It holds each process's
+        sums of the epoch so far (at an epoch's end, only the loss window is not zero): a run
+        resumed on as many processes adds on in the same order, and on another number rank 0
+        carries on their total."""
         mine = [self.loss_sum, self.correct, self.window, torch.tensor(self.seen)]
         every = [distributed.gather(t) for t in mine]
         if not distributed.is_main():
             return
+        loss, correct, window, seen = (torch.stack(ts).sum(0) for ts in every)
         p = self.parts
         checkpoint.save(
             {
@@ -171,13 +167,13 @@ class TrainState:
                 "best_epoch": self.best_epoch,
                 "history": self.history,
                 "wall_s": self.run_s(),
-                "seen": totals.seen,
+                "seen": int(seen),
                 "window_steps": self.window_steps,
                 "elapsed_s": self.epoch_s() if self.batches_done else 0.0,
-                "sums": {"loss": totals.loss, "correct": totals.correct, "window": totals.window},
+                "sums": {"loss": loss, "correct": correct, "window": window},
                 "rank_sums": [
-                    {"loss": loss, "correct": correct, "window": window, "seen": int(seen)}
-                    for loss, correct, window, seen in zip(*every, strict=True)
+                    {"loss": lo, "correct": co, "window": wi, "seen": int(se)}
+                    for lo, co, wi, se in zip(*every, strict=True)
                 ],
             },
             path,

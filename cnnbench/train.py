@@ -130,7 +130,7 @@ def train(
                 tracked = figures["test_acc"] if figures["val_acc"] is None else figures["val_acc"]
                 improved = state.end_epoch(row, tracked)
                 log.epoch(row, epochs)
-                state.save(out_dir / "last.pt", window=totals.window)
+                state.save(out_dir / "last.pt")
                 if improved:  # the same checkpoint, linked rather than written twice
                     state.copy(out_dir / "last.pt", out_dir / "best.pt")
                 if epoch < epochs and stop.requested():
