@@ -22,7 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.flop_counter import FlopCounterMode
 
 from cnnbench import data, distributed
-from cnnbench.config import MODEL_INPUT_KEYS, image_size, model_name
+from cnnbench.config import MODEL_BUILD_KEYS, image_size, model_name
 from cnnbench.errors import ConfigError
 
 # trainer.precision -> the dtype autocast computes in (None: no autocast)
@@ -47,9 +47,10 @@ def blame(group: str, node: DictConfig) -> Iterator[None]:
 
 
 def build_model(cfg: DictConfig, device: torch.device) -> nn.Module:
-    """Instantiate the model and run one image through it, which sizes its lazy layers."""
+    """Instantiate the model, run one image through it, which sizes its lazy layers, and
+    initialise its weights by `model.init`."""
     spec, size = data.SPECS[cfg.dataset.name], image_size(cfg)
-    node = OmegaConf.masked_copy(cfg.model, [k for k in cfg.model if k not in MODEL_INPUT_KEYS])
+    node = OmegaConf.masked_copy(cfg.model, [k for k in cfg.model if k not in MODEL_BUILD_KEYS])
     with blame("model", cfg.model):
         model = instantiate(node, in_channels=spec.channels, num_classes=len(spec.classes))
     model = model.to(device).eval()
@@ -60,7 +61,24 @@ def build_model(cfg: DictConfig, device: torch.device) -> nn.Module:
             f"{cfg.model._target_} returned shape {tuple(out.shape)} for one image; "
             f"expected (1, {len(spec.classes)})"
         )
+    init_weights(model, cfg.model.get("init", "default"))
     return model
+
+
+def init_weights(model: nn.Module, scheme: str) -> None:
+    """Re-draw the weights of every conv and fc layer; biases and batch norm keep PyTorch's
+    values. xavier is d2l's `train_ch6` (Xavier-uniform); kaiming is He-normal for ReLU
+    networks (fan-in). default keeps PyTorch's own initialisation and draws nothing."""
+    if scheme == "default":
+        return
+    draw = {
+        "xavier": nn.init.xavier_uniform_,
+        "kaiming": lambda w: nn.init.kaiming_normal_(w, nonlinearity="relu"),
+    }[scheme]
+    for module in model.modules():
+        # lazy layers are materialised by now and have become nn.Linear / nn.Conv2d
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            draw(module.weight)
 
 
 def forward_flops(model: nn.Module, input_shape: tuple[int, int, int]) -> int:

@@ -99,7 +99,8 @@ def load(path: str | Path, map_location: torch.device | str = "cpu") -> dict:
             "a checkpoint that cnnbench wrote"
         )
     # before the typed schema (schema.TrainerConfig), trainer.precision 32 was saved as a
-    # number, and trainer.deterministic did not exist
+    # number, and trainer.deterministic did not exist; model.init came later still
+    ckpt.get("config", {}).get("model", {}).setdefault("init", "default")
     trainer = ckpt.get("config", {}).get("trainer", {})
     if "precision" in trainer:
         trainer["precision"] = str(trainer["precision"])
@@ -124,7 +125,9 @@ def check_compatible(
     """Refuse a checkpoint of another network, or of data with other channels, classes or
     image size."""
     theirs, ours = ckpt["config"]["model"], model_cfg
+    # the initialisation only chose the starting weights, which the checkpoint replaces
     keys = ["_target_"] if theirs.get("_target_") != ours.get("_target_") else sorted(theirs | ours)
+    keys = [k for k in keys if k != "init"]
     differences = [
         f"model.{k}: {theirs.get(k)!r} in the checkpoint, {ours.get(k)!r} here"
         for k in keys

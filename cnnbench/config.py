@@ -37,6 +37,10 @@ GROUPS = ("model", "dataset", "optimizer", "scheduler", "trainer")
 PRECISION_NAMES = ("32", "bf16", "16-mixed")
 # model keys read by cnnbench, not passed to the model's constructor
 MODEL_INPUT_KEYS = ("min_size", "input_size")
+# how the weights start (build.init_weights): PyTorch's own, or a scheme applied over it
+INITS = ("default", "xavier", "kaiming")
+# the model keys that are not arguments of the network's class
+MODEL_BUILD_KEYS = (*MODEL_INPUT_KEYS, "init")
 SCHEMA_KEYS = {
     f"{group}.{f.name}"
     for group, schema in (("dataset", DatasetConfig), ("trainer", TrainerConfig))
@@ -87,6 +91,11 @@ RULES: dict[str, tuple[Callable[[object], bool], str, str]] = {
         _or_none(_int_at_least(1)),
         "null (the dataset's size) or an integer >= 1",
         "model.input_size=96",
+    ),
+    "model.init": (
+        lambda v: v in INITS,
+        f"one of {', '.join(INITS)} (xavier: d2l's train_ch6)",
+        "model.init=xavier",
     ),
     "dataset.root": (_text, "a folder", "dataset.root=data"),
     "dataset.cache_dir": (_text, "a folder", "dataset.cache_dir=~/.cache/cnnbench"),

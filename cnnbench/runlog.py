@@ -222,6 +222,7 @@ class RunLog:
             "diverged_at_step": figures.pop("diverged_at"),
             "model": model_name(self.config),
             "dataset": self.config["dataset"]["name"],
+            "init": self.config["model"].get("init", "default"),
             "test_acc": figures["test_acc"],
             "test_loss": figures.pop("test_loss"),
             "best_test_acc": max([r["test_acc"] for r in history], default=figures.pop("test_acc")),

@@ -242,3 +242,19 @@ def test_corrupt_cifar_batches_give_clear_error_and_no_cache(tmp_path, cache_dir
     with pytest.raises(DataError, match="test_batch"):
         data.load("cifar10", "test", tmp_path, False, cache_dir)
     assert not (cache_dir / "cifar10-test.pt").exists()
+
+
+@pytest.mark.parametrize("size,most_off", [(224, 0.0), (96, 0.02), (20, 0.05)])
+def test_device_resize_agrees_with_torchvision_resize_of_a_pil_image(size, most_off):
+    """The textbooks resize PIL images with torchvision; cnnbench resizes on the device."""
+    from PIL import Image
+    from torchvision import transforms
+
+    images = torch.randint(0, 256, (8, 1, 28, 28), generator=torch.Generator().manual_seed(0))
+    resize, to_tensor = transforms.Resize(size), transforms.ToTensor()
+    pil = [to_tensor(resize(Image.fromarray(im[0].byte().numpy(), mode="L"))) for im in images]
+    theirs = torch.stack(pil) * 255
+    ours = data.resize_like_pil(images.float(), size)
+    diff = (ours - theirs).abs()
+    assert diff.max() <= 1
+    assert (diff > 0.5).float().mean() <= most_off

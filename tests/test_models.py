@@ -48,7 +48,7 @@ PARAMS = [
     ("simple_cnn", [], 8_490),
     ("alexnet", [], 46_764_746),
     ("alexnet_bn", [], 46_774_410),
-    ("vgg11", ["model.width_divisor=1"], 128_806_154),
+    ("vgg11", ["model.width_divisor=1", "model.fc_width=4096"], 128_806_154),
     ("vgg11", ["model.width_divisor=8"], 2_018_346),
     ("nin", [], 1_992_166),
     ("googlenet", [], 5_977_530),
@@ -58,6 +58,12 @@ PARAMS = [
     ("resnet_mini", [], 41_514),
     ("densenet", [], 758_226),
     ("fastnet", [], 145_578),
+    # d2l's chapter networks: LeNet with padding and average pooling has LeNet-5's count
+    ("d2l_lenet", [], 61_706),
+    ("d2l_lenet_bn", [], 44_878),
+    ("d2l_alexnet", [], 46_764_746),
+    ("d2l_vgg11", [], 43_093_322),  # convs 576,832 + fc 6272-4096-4096-10
+    ("d2l_googlenet", [], 5_977_530),
     ("fastnet", ["model.widths=[16,32]"], 36_954),
 ]
 
@@ -201,3 +207,45 @@ def test_lenet_flops_by_the_textbook_formula():
     convs = 2 * (6 * 24 * 24 * 1 * 25) + 2 * (16 * 8 * 8 * 6 * 25)
     fcs = 2 * (256 * 120 + 120 * 84 + 84 * 10)
     assert summarize(model, (1, 28, 28)).flops == convs + fcs == 563_280
+
+
+def _layers(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+
+
+def test_default_init_draws_nothing():
+    torch.manual_seed(0)
+    build("lenet_bn")
+    after_default = torch.rand(1)
+    torch.manual_seed(0)
+    build("lenet_bn", "model.init=default")
+    assert torch.equal(torch.rand(1), after_default)
+
+
+@pytest.mark.parametrize("name", ["d2l_lenet", "lenet_bn", "resnet_mini"])
+def test_xavier_init_redraws_every_conv_and_fc_weight_within_its_bound(name):
+    torch.manual_seed(0)
+    default, _ = build(name)
+    torch.manual_seed(0)
+    xavier, _ = build(name, "model.init=xavier")
+    for ours, theirs in zip(_layers(xavier), _layers(default), strict=True):
+        fan_out, fan_in = ours.weight.shape[0], ours.weight[0].numel()
+        receptive = ours.weight[0, 0].numel()
+        bound = (6 / (fan_in + fan_out * receptive)) ** 0.5
+        assert ours.weight.abs().max() <= bound
+        assert not torch.equal(ours.weight, theirs.weight)
+        assert torch.equal(ours.bias, theirs.bias)  # biases keep PyTorch's values
+    norms = [m for m in xavier.modules() if isinstance(m, nn.BatchNorm2d | nn.BatchNorm1d)]
+    assert all(torch.equal(m.weight, torch.ones_like(m.weight)) for m in norms)
+
+
+def test_kaiming_init_has_he_spread():
+    torch.manual_seed(0)
+    model, _ = build("d2l_vgg11", "model.init=kaiming")
+    fc = next(m for m in _layers(model) if isinstance(m, nn.Linear))  # 6272 -> 4096
+    assert fc.weight.std().item() == pytest.approx((2 / 6272) ** 0.5, rel=0.01)
+
+
+def test_init_is_not_a_network_argument():
+    model, _ = build("lenet", "model.init=xavier")
+    assert isinstance(model, nn.Sequential)  # built: LeNet was not handed init=

@@ -31,10 +31,11 @@ class Inception(nn.Module):
 
 
 class GoogLeNet(nn.Sequential):
-    """Five stages b1..b5 (as the seeds write them: no ReLU in b2), each but the last closed
-    by a 3x3/2 max-pool; a global average pool and fc 1024-classes."""
+    """Five stages b1..b5, each but the last closed by a 3x3/2 max-pool; a global average
+    pool and fc 1024-classes. b2's two convs have no ReLU as the seeds write them;
+    `b2_relu=True` adds one after each, as d2l's chapter does."""
 
-    def __init__(self, in_channels: int, num_classes: int) -> None:
+    def __init__(self, in_channels: int, num_classes: int, b2_relu: bool = False) -> None:
         super().__init__()
         self.b1 = nn.Sequential(
             nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3),
@@ -43,7 +44,9 @@ class GoogLeNet(nn.Sequential):
         )
         self.b2 = nn.Sequential(
             nn.Conv2d(64, 64, kernel_size=1),
+            *([nn.ReLU()] if b2_relu else []),
             nn.Conv2d(64, 192, kernel_size=3, padding=1),
+            *([nn.ReLU()] if b2_relu else []),
             nn.MaxPool2d(kernel_size=3, stride=2, padding=1),
         )
         self.b3 = nn.Sequential(

@@ -3,6 +3,8 @@ LeNet-5 of seed 000, and the two-layer CNN of seed 003."""
 
 from torch import nn
 
+POOLS = {"max": nn.MaxPool2d, "avg": nn.AvgPool2d}
+
 
 def _norm2d(channels: int, batch_norm: bool) -> list[nn.Module]:
     return [nn.BatchNorm2d(channels)] if batch_norm else []
@@ -13,24 +15,35 @@ def _norm1d(features: int, batch_norm: bool) -> list[nn.Module]:
 
 
 class LeNet(nn.Sequential):
-    """conv 6@5x5, sigmoid, max-pool; conv 16@5x5, sigmoid, max-pool; fc 120-84-classes.
+    """conv 6@5x5, sigmoid, pool; conv 16@5x5, sigmoid, pool; fc 120-84-classes.
 
+    The defaults are the lecture notes' variant (seeds 001, 004): max-pooling and no padding,
+    so at 28x28 the first fc layer reads 16 x 4 x 4 = 256 features. d2l's chapter LeNet pads
+    the first conv by 2 and average-pools (`padding=2, pool="avg"`: 16 x 5 x 5 = 400).
     With `batch_norm`, every conv and fc layer but the last is followed by batch norm before
-    its sigmoid, as in d2l's batch-norm chapter. At 28x28 the first fc layer reads
-    16 x 4 x 4 = 256 features; it sizes itself to larger inputs.
+    its sigmoid, as in d2l's batch-norm chapter. The first fc layer sizes itself to the input.
     """
 
-    def __init__(self, in_channels: int, num_classes: int, batch_norm: bool = False) -> None:
-        bn = batch_norm
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        batch_norm: bool = False,
+        padding: int = 0,
+        pool: str = "max",
+    ) -> None:
+        if pool not in POOLS:
+            raise ValueError(f"pool={pool!r}; give one of {', '.join(POOLS)}")
+        bn, pool_layer = batch_norm, POOLS[pool]
         super().__init__(
-            nn.Conv2d(in_channels, 6, kernel_size=5),
+            nn.Conv2d(in_channels, 6, kernel_size=5, padding=padding),
             *_norm2d(6, bn),
             nn.Sigmoid(),
-            nn.MaxPool2d(kernel_size=2, stride=2),
+            pool_layer(kernel_size=2, stride=2),
             nn.Conv2d(6, 16, kernel_size=5),
             *_norm2d(16, bn),
             nn.Sigmoid(),
-            nn.MaxPool2d(kernel_size=2, stride=2),
+            pool_layer(kernel_size=2, stride=2),
             nn.Flatten(),
             nn.LazyLinear(120),
             *_norm1d(120, bn),

@@ -16,8 +16,9 @@ def vgg_block(num_convs: int, in_channels: int, out_channels: int) -> nn.Sequent
 
 
 class VGG(nn.Sequential):
-    """`width_divisor` divides every conv's channels and the fc width (4096), as d2l (4) and
-    seed 004 (8) do to fit Fashion-MNIST on a small GPU; 1 is the VGG-11 of the paper."""
+    """`width_divisor` divides every conv's channels, as d2l (4) and seed 004 (8) do to fit
+    Fashion-MNIST on a small GPU; 1 is the VGG-11 of the paper. `fc_width` is the two hidden
+    fc layers' width: d2l keeps the paper's 4096, seed 004 divides it too (512)."""
 
     def __init__(
         self,
@@ -36,7 +37,7 @@ class VGG(nn.Sequential):
         for num_convs, out_channels in conv_arch:
             blocks.append(vgg_block(num_convs, channels, out_channels // width_divisor))
             channels = out_channels // width_divisor
-        hidden = fc_width // width_divisor
+        hidden = fc_width
         super().__init__(
             *blocks,
             nn.Sequential(
