@@ -74,6 +74,18 @@ def test_results_json_holds_what_it_promises(run):
     assert saved["status"] == "ok" and saved["params"] == 203_530
     assert saved["best_test_acc"] >= saved["test_acc"]
     assert saved["config"]["optimizer"]["lr"] == 0.01
+    assert saved["init"] == saved["config"]["model"]["init"] == "default"
+
+
+def test_the_init_is_used_and_recorded(make_cfg, tmp_path):
+    cfg = make_cfg("trainer.epochs=1", "trainer.limit_train_batches=2")
+    default = train(cfg, tmp_path / "default")
+    xavier = train(
+        make_cfg("trainer.epochs=1", "trainer.limit_train_batches=2", "model.init=xavier"),
+        tmp_path / "xavier",
+    )
+    assert (default["init"], xavier["init"]) == ("default", "xavier")
+    assert xavier["train_loss"] != default["train_loss"]
 
 
 def test_tensorboard_events_hold_the_tags_and_hparams(run):
