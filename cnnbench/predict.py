@@ -100,7 +100,7 @@ def sheet(rows: list[dict], inputs: torch.Tensor, restored: Restored, path: Path
     n = min(len(rows), SHEET_LIMIT)
     per_row = min(n, 3)
     lines = -(-n // per_row)
-    fig = Figure(figsize=(4.2 * per_row, 1.9 * lines + 0.4), layout="constrained")
+    fig = Figure(figsize=(max(4.2 * per_row, 6), 1.9 * lines + 0.6), layout="constrained")
     axes = fig.subplots(lines, 2 * per_row, squeeze=False,
                         gridspec_kw={"width_ratios": [1, 1.3] * per_row})  # fmt: skip
     low, high = value_range(restored)
@@ -124,8 +124,8 @@ def sheet(rows: list[dict], inputs: torch.Tensor, restored: Restored, path: Path
         ax.tick_params(axis="x", labelsize=7)
         for y, t in zip(range(len(top))[::-1], top, strict=True):
             ax.text(min(t["prob"] + 0.02, 0.75), y, f"{t['prob']:.2f}", va="center", fontsize=7)
-    fig.suptitle(f"{restored.title}: each input as the network sees it, and its top "
-                 f"{len(rows[0]['top'])}", fontsize=9)  # fmt: skip
+    fig.suptitle(f"{restored.title}\neach input as the network sees it (resized, inverted, "
+                 f"normalised), and its top {len(rows[0]['top'])}", fontsize=8)  # fmt: skip
     fig.savefig(path, dpi=100)
 
 
