@@ -14,7 +14,6 @@ import sys
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-
 # pen strokes of each digit, as many people write them, on a 300x300 sheet
 STROKES = {
     "7": [[(85, 80), (150, 74), (215, 70)], [(215, 70), (180, 150), (140, 240)],
