@@ -76,6 +76,10 @@ def check_overrides(args: list[str], multirun: bool) -> None:
     try:
         first, *others = job_variants(overrides)
         cfg = compose(first, hydra_config=True)
+        params = sweeper_params(cfg, overrides)
+        if params:  # a named sweep (conf/sweep/): its lists are tried as the command line's
+            first, *others = job_variants(params + overrides)
+            cfg = compose(first, hydra_config=True)
         for variant in others:
             compose(variant)
         sweep = multirun or cfg.hydra.mode == RunMode.MULTIRUN
@@ -84,6 +88,17 @@ def check_overrides(args: list[str], multirun: bool) -> None:
             validate(cfg, given={o.key_or_group: o.value() for o in overrides})
     except ConfigError as err:
         fail("cnnbench", err)
+
+
+def sweeper_params(cfg: DictConfig, overrides: list[Override]) -> list[Override]:
+    """The lists of a config's hydra.sweeper.params (a conf/sweep/ file) that the command
+    line does not replace, for Hydra's basic sweeper; Optuna's search spaces are its own."""
+    sweeper = cfg.hydra.sweeper
+    if "BasicSweeper" not in str(sweeper.get("_target_", "")) or not sweeper.get("params"):
+        return []
+    given = {o.key_or_group for o in overrides}
+    params = parse([f"{k}={v}" for k, v in sweeper.params.items()])
+    return [p for p in params if p.key_or_group not in given]
 
 
 def job_variants(overrides: list[Override]) -> list[list[str]]:

@@ -20,6 +20,9 @@ class Spec:
     system_folders: tuple[str, ...] = ()  # where an OS package installs the files
     system_package: str = ""  # that Debian/Ubuntu package
     torchvision_name: str = ""
+    # light objects on a dark ground (MNIST, Fashion-MNIST): a photo or scan, dark on light,
+    # is inverted before the network sees it (cnnbench.predict invert=auto)
+    dark_ground: bool = False
 
 
 # fmt: off
@@ -39,6 +42,7 @@ SPECS = {
         std=(0.3081,),
         folders=("mnist", "MNIST/raw"),
         torchvision_name="MNIST",
+        dark_ground=True,
     ),
     "fashion_mnist": Spec(
         title="Fashion-MNIST",
@@ -51,6 +55,7 @@ SPECS = {
         system_folders=("/usr/share/datasets/fashion-mnist",),
         system_package="dataset-fashion-mnist",
         torchvision_name="FashionMNIST",
+        dark_ground=True,
     ),
     "cifar10": Spec(
         title="CIFAR-10",

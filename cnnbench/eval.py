@@ -11,9 +11,8 @@ It prints the test accuracy and the accuracy of every class, and writes the conf
 
 from __future__ import annotations
 
-import csv
-import io
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
-from cnnbench import checkpoint, data, distributed
+from cnnbench import checkpoint, data, distributed, runs, toolargs
 from cnnbench.atomic import write_text
 from cnnbench.config import image_size, model_name, validate
 from cnnbench.errors import USER_ERRORS, ConfigError, fail
@@ -98,12 +97,7 @@ def confusion_figure(confusion: torch.Tensor, classes: tuple[str, ...], title: s
 
 
 def confusion_csv(confusion: torch.Tensor, classes: tuple[str, ...]) -> str:
-    text = io.StringIO(newline="")
-    out = csv.writer(text)
-    out.writerow(["true \\ predicted", *classes])
-    for cls, row in zip(classes, confusion.tolist(), strict=True):
-        out.writerow([cls, *row])
-    return text.getvalue()
+    return runs.confusion_csv(confusion.tolist(), classes)
 
 
 USAGE = """usage: python -m cnnbench.eval ckpt=<checkpoint or run dir> [out=<dir>]
@@ -115,24 +109,9 @@ eval_batch_size, limit_test_batches) may be overridden."""
 
 
 def parse(argv: list[str]) -> tuple[Path, Path | None, list[str]]:
-    if any(a in ("-h", "--help") for a in argv):
-        print(USAGE)
-        sys.exit(0)
-    args = dict(a.split("=", 1) if "=" in a else (a, None) for a in argv)
-    bad = [
-        a
-        for a, v in args.items()
-        if v is None or not (a in ("ckpt", "out") or a.startswith(("dataset.", "trainer.")))
-    ]
-    if bad or "ckpt" not in args:
-        problem = (
-            f"cannot use {' '.join(bad)} (the model and its settings come from the checkpoint)"
-            if bad
-            else "ckpt=<path> is required"
-        )
-        raise ConfigError(f"{problem}\n{USAGE}")
-    overrides = [f"{k}={v}" for k, v in args.items() if k not in ("ckpt", "out")]
-    return Path(args["ckpt"]), Path(args["out"]) if "out" in args else None, overrides
+    args = toolargs.parse(argv, USAGE, options=("ckpt", "out"))
+    out = args.options.get("out")
+    return Path(args.options["ckpt"]), Path(out) if out else None, args.overrides
 
 
 def checkpoint_config(ckpt: dict, overrides: list[str]) -> DictConfig:
@@ -148,6 +127,55 @@ def checkpoint_config(ckpt: dict, overrides: list[str]) -> DictConfig:
         ) from None
     validate(cfg)
     return cfg
+
+
+@dataclass
+class Restored:
+    """A checkpoint's model, rebuilt as it was trained, and what it was trained on."""
+
+    model: nn.Module
+    cfg: DictConfig  # the checkpoint's config with the overrides
+    ckpt: dict
+    path: Path  # the checkpoint file
+    device: torch.device
+    spec: data.Spec
+    size: int  # the side the model sees
+
+    @property
+    def title(self) -> str:
+        """LeNet from outputs/.../best.pt (epoch 3, MNIST)"""
+        name, epoch = model_name(self.ckpt["config"]), self.ckpt["epochs_done"]
+        return f"{name} from {self.path} (epoch {epoch}, {self.spec.title})"
+
+
+def load_model(path: Path, overrides: list[str]) -> Restored:
+    """The model of a checkpoint file or run directory, with its weights, in eval mode."""
+    from cnnbench.build import build_model  # it imports evaluate from here
+
+    path = checkpoint.find(path)
+    ckpt = checkpoint.load(path)
+    cfg = checkpoint_config(ckpt, overrides)
+    device = distributed.resolve_device(cfg.trainer.device)
+    spec, size = data.SPECS[cfg.dataset.name], image_size(cfg)
+    checkpoint.check_compatible(
+        ckpt, path, OmegaConf.to_container(cfg.model), spec.channels, len(spec.classes), size
+    )
+    model = build_model(cfg, device)
+    checkpoint.load_weights(model, ckpt, path)
+    return Restored(model.eval(), cfg, ckpt, path, device, spec, size)
+
+
+def input_transform(restored: Restored) -> Callable[[torch.Tensor], torch.Tensor]:
+    """uint8 images (N, C, side, side) at the dataset's own side -> the model's input, as the
+    training batches were made: normalised with the dataset's statistics (if it was) and
+    resized to the side the model trained at."""
+    from cnnbench.build import device_loader
+
+    c, side = restored.spec.channels, restored.spec.size
+    empty = (torch.zeros(0, c, side, side, dtype=torch.uint8), torch.zeros(0, dtype=torch.long))
+    cfg = OmegaConf.merge(restored.cfg, {"trainer": {"channels_last": False}})
+    loader = device_loader(cfg, empty, restored.device)
+    return lambda images: loader.transform(images.to(restored.device))
 
 
 def per_class(result: Evaluation, classes: tuple[str, ...], title: str) -> list[str]:
@@ -170,20 +198,14 @@ def main(argv: list[str] | None = None) -> Evaluation:
     from torch.utils.tensorboard import SummaryWriter
     from torchvision.utils import make_grid
 
-    from cnnbench.build import build_model, device_loader  # they import evaluate from here
+    from cnnbench.build import device_loader
 
     try:
         path, out_dir, overrides = parse(sys.argv[1:] if argv is None else argv)
-        path = checkpoint.find(path)
-        ckpt = checkpoint.load(path)
-        cfg = checkpoint_config(ckpt, overrides)
-        device = distributed.resolve_device(cfg.trainer.device)
-        spec, size = data.SPECS[cfg.dataset.name], image_size(cfg)
-        checkpoint.check_compatible(
-            ckpt, path, OmegaConf.to_container(cfg.model), spec.channels, len(spec.classes), size
-        )
-        model = build_model(cfg, device)
-        checkpoint.load_weights(model, ckpt, path)
+        restored = load_model(path, overrides)
+        model, cfg, ckpt, path, spec = (restored.model, restored.cfg, restored.ckpt,
+                                        restored.path, restored.spec)  # fmt: skip
+        device = restored.device
         ds = cfg.dataset
         images, labels = data.load(ds.name, "test", ds.root, ds.download, ds.cache_dir)
         out_dir = out_dir or path.parent / "eval"

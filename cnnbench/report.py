@@ -19,10 +19,18 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cnnbench import stats
 from cnnbench.atomic import write_text
 from cnnbench.config import class_name
 from cnnbench.errors import fail
-from cnnbench.runs import NOT_IDENTITY, flatten
+from cnnbench.runs import (
+    CONFUSION_FILE,
+    NOT_IDENTITY,
+    confused_pairs,
+    flatten,
+    read_confusion,
+    run_identity,
+)
 
 
 class ReportError(Exception):
@@ -35,6 +43,8 @@ class Run:
     results: dict
     config: dict  # flattened
     curves: list[dict] = field(default_factory=list)  # metrics.csv rows
+    rel: str = "."  # the run directory, relative to the directory it was found under
+    confusion: tuple[list[str], list[list[int]]] | None = None  # confusion_matrix.csv
 
     def get(self, key: str) -> float | None:
         value = self.results.get(key)
@@ -55,6 +65,8 @@ def find_runs(dirs: list[Path]) -> list[Run]:
                 print(f"cnnbench.report: skipping {path}: unreadable ({err})", file=sys.stderr)
                 continue
             run = Run(path.parent, results, flatten(results.get("config") or {}))
+            run.rel = str(path.parent.relative_to(d))
+            run.confusion = read_confusion(path.parent / CONFUSION_FILE)
             try:
                 with open(path.parent / "metrics.csv", newline="") as f:
                     run.curves = list(csv.DictReader(f))
@@ -126,18 +138,18 @@ def by_accuracy(runs: list[Run]) -> list[Run]:
 def table(runs: list[Run], keys: list[str]) -> tuple[list[str], list[list[str]], list[list]]:
     """Headers, formatted rows and raw rows of `runs` (in the order given)."""
     columns = [c for c in COLUMNS if c[1] != "val_acc" or any(r.get("val_acc") for r in runs)]
-    headers = ["#", *keys, *(c[0] for c in columns)]
+    headers = ["#", *keys, *(c[0] for c in columns), "run"]
     raw, shown = [], []
     for n, r in enumerate(runs, 1):
         values = [n, *(r.config.get(k) for k in keys)]
         values += [r.results.get(key) for _, key, _ in columns]
-        raw.append(values)
+        raw.append([*values, str(r.path)])  # the CSV: the whole path
         cells = [short(v) for v in values[: len(keys) + 1]]
         for (_, _, fmt), v in zip(columns, values[len(keys) + 1 :], strict=True):
             cells.append("" if v is None else fmt.format(v))
         if r.results.get("status") not in ("ok", None) and r.results.get("error"):
             cells[-1] += f": {r.results['error'].splitlines()[0][:80]}"
-        shown.append(cells)
+        shown.append([*cells, r.rel])  # report.md: below the directory given
     return headers, shown, raw
 
 
@@ -162,29 +174,216 @@ def pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
     return front
 
 
-def figures(runs: list[Run], out: Path) -> list[Path]:
+# ---------------------------------------------------------------------------- seeds
+
+SEED = "trainer.seed"
+# the noise threshold of the groups' comparison: a two-sided Welch's t-test at this level
+ALPHA = 0.05
+
+
+@dataclass
+class Group:
+    """Runs that differ only in trainer.seed, in the order of their seeds."""
+
+    runs: list[Run]
+    rows: list[int]  # their numbers in the runs' table
+
+    def values(self, key: str) -> list[float]:
+        return [v for r in self.runs if (v := r.get(key)) is not None]
+
+
+def seed_groups(runs: list[Run]) -> list[Group]:
+    """The sets of two or more runs whose configs are the same but for trainer.seed (and the
+    settings NOT_IDENTITY names, such as paths), best mean final test accuracy first. `runs`
+    in the table's order."""
+    found: dict[str, Group] = {}
+    for n, r in enumerate(runs, 1):
+        config = r.results.get("config")
+        if not config:
+            continue
+        identity = {k: v for k, v in run_identity(config).items() if k != SEED}
+        key = json.dumps(identity, sort_keys=True, default=str)
+        found.setdefault(key, Group([], [])).runs.append(r)
+        found[key].rows.append(n)
+    groups = [g for g in found.values() if len(g.runs) > 1]
+    for g in groups:
+        order = sorted(range(len(g.runs)), key=lambda i: str(g.runs[i].config.get(SEED)))
+        g.runs, g.rows = [g.runs[i] for i in order], [g.rows[i] for i in order]
+
+    def accuracy(g: Group) -> float:
+        values = g.values("test_acc")
+        return -stats.mean(values) if values else math.inf
+
+    return sorted(groups, key=accuracy)
+
+
+def spread(values: list[float], fmt: str) -> str:
+    if not values:
+        return ""
+    return f"{fmt.format(stats.mean(values))} ± {fmt.format(stats.std(values))}"
+
+
+def group_table(groups: list[Group]) -> tuple[list[str], list[list[str]], list[list]]:
+    """Headers, formatted rows and raw rows (groups.csv) of the seed groups; each is compared
+    with the first (the best mean final test accuracy) by Welch's t-test."""
+    keys = [k for k in differing_keys([g.runs[0] for g in groups]) if k != SEED]
+    headers = ["group", *keys, "model", "dataset", "runs", "n", "seeds", "best test acc",
+               "final test acc", "final: 95% interval", "wall s", "vs G1: Welch p",
+               "difference from G1"]  # fmt: skip
+    shown, raw = [], []
+    first = groups[0].values("test_acc")
+    for i, g in enumerate(groups, 1):
+        head, final = g.runs[0], g.values("test_acc")
+        seeds = [short(r.config.get(SEED)) for r in g.runs]
+        test = stats.welch(final, first) if i > 1 else None
+        interval = stats.interval95(final)
+        verdict = "" if i == 1 else "n < 2" if test is None else (
+            "within the noise" if test.p >= ALPHA else f"real (p < {ALPHA})")  # fmt: skip
+        cells = [f"G{i}", *(short(head.config.get(k)) for k in keys), short(head.results.get(
+            "model")), short(head.results.get("dataset")), " ".join(f"#{n}" for n in g.rows),
+            str(len(final)), " ".join(seeds), spread(g.values("best_test_acc"), "{:.4f}"),
+            spread(final, "{:.4f}"), "" if interval is None else
+            f"{interval[0]:.4f} to {interval[1]:.4f}", spread(g.values("wall_s"), "{:.1f}"),
+            "" if test is None else f"{test.p:.3g}", verdict]  # fmt: skip
+        shown.append(cells)
+        raw.append(
+            cells[: 4 + len(keys)]
+            + [len(final), " ".join(seeds)]
+            + [
+                f(g.values(key)) if g.values(key) else None
+                for key in ("best_test_acc", "test_acc", "wall_s")
+                for f in (stats.mean, stats.std)
+            ]
+            + [*(interval or (None, None)), *((test.t, test.df, test.p) if test else (None,) * 3)]
+        )
+    return headers, shown, raw
+
+
+GROUP_CSV = ["best_test_acc_mean", "best_test_acc_std", "test_acc_mean", "test_acc_std",
+             "wall_s_mean", "wall_s_std", "test_acc_ci95_low", "test_acc_ci95_high",
+             "welch_t_vs_g1", "welch_df_vs_g1", "welch_p_vs_g1"]  # fmt: skip
+
+SEEDS_NOTE = (
+    "Runs whose configs differ only in `trainer.seed` form a group: n runs, the mean ± sample "
+    "standard deviation of each figure, and the 95% interval of the mean final test accuracy "
+    "(Student's t). Each group's final test accuracies are compared with those of G1 (the best "
+    f"mean) by Welch's two-sided t-test: p >= {ALPHA} means the difference is within the seed "
+    "noise (it may still be real; more seeds tell)."
+)
+
+
+# ---------------------------------------------------------------------------- confusions
+
+
+def confusion_table(runs: list[Run], keys: list[str]) -> tuple[list[str], list[list[str]]]:
+    """Each run's three most confused class pairs (both directions counted), side by side."""
+    headers = ["#", *keys, "model", "1st", "2nd", "3rd"]
+    rows = []
+    for n, r in enumerate(runs, 1):
+        if r.confusion is None:
+            continue
+        pairs = [f"{a} ↔ {b}: {count}" for a, b, count in confused_pairs(*r.confusion, k=3)]
+        cells = [str(n), *(short(r.config.get(k)) for k in keys), short(r.results.get("model"))]
+        rows.append([*cells, *pairs, *[""] * (3 - len(pairs))])
+    return headers, rows
+
+
+def pair_errors(confusion: tuple[list[str], list[list[int]]], a: str, b: str) -> int | None:
+    classes, matrix = confusion
+    if a not in classes or b not in classes:
+        return None
+    i, j = classes.index(a), classes.index(b)
+    return matrix[i][j] + matrix[j][i]
+
+
+def confusion_figure(runs: list[Run], out: Path) -> Path | None:
+    """The pairs that are among the three most confused of any run, against every run: how
+    many test images of the one class each run took for the other, both ways."""
+    from matplotlib.figure import Figure
+
+    shown = [(n, r) for n, r in enumerate(runs, 1) if r.confusion is not None]
+    pairs: dict[frozenset, tuple[str, str]] = {}
+    for _, r in shown:
+        for a, b, _count in confused_pairs(*r.confusion, k=3):
+            pairs.setdefault(frozenset((a, b)), (a, b))
+    if not pairs:
+        return None
+    names = list(pairs.values())
+    counts = [[pair_errors(r.confusion, a, b) for _, r in shown] for a, b in names]
+    fig = Figure(figsize=(1.6 + 0.75 * len(shown), 1.2 + 0.35 * len(names)), layout="constrained")
+    ax = fig.subplots()
+    grid = [[math.nan if c is None else c for c in row] for row in counts]
+    image = ax.imshow(grid, cmap="Reds", aspect="auto")
+    fig.colorbar(image, ax=ax, label="test images confused")
+    ax.set_xticks(range(len(shown)), [label(n, r) for n, r in shown], rotation=45, ha="right",
+                  fontsize=7)  # fmt: skip
+    ax.set_yticks(range(len(names)), [f"{a} ↔ {b}" for a, b in names], fontsize=7)
+    for i, row in enumerate(counts):
+        for j, c in enumerate(row):
+            if c is not None:
+                ax.text(j, i, c, ha="center", va="center", fontsize=6)
+    ax.set_title("The most confused class pairs, across the runs", fontsize=9)
+    fig.savefig(out / "confusions.png", dpi=110)
+    return out / "confusions.png"
+
+
+# ---------------------------------------------------------------------------- figures
+
+
+def curve(run: Run, key: str) -> dict[int, float]:
+    return {int(r["epoch"]): float(r[key]) for r in run.curves if r.get(key) not in (None, "")}
+
+
+def band(ax, group: Group, key: str, name: str) -> None:
+    """The group's mean per epoch, with a band of one standard deviation across its seeds."""
+    curves = [curve(r, key) for r in group.runs]
+    epochs = sorted({e for c in curves for e in c})
+    values = [[c[e] for c in curves if e in c] for e in epochs]
+    mean = [stats.mean(v) for v in values]
+    std = [stats.std(v) for v in values]
+    (line,) = ax.plot(epochs, mean, marker=".", label=name)
+    low = [max(m - s, 1e-12) for m, s in zip(mean, std, strict=True)]
+    high = [m + s for m, s in zip(mean, std, strict=True)]
+    ax.fill_between(epochs, low, high, color=line.get_color(), alpha=0.2)
+
+
+def curves_figure(runs: list[Run], groups: list[Group], out: Path) -> None:
+    """Every run's test accuracy and training loss per epoch; a seed group as its mean and a
+    band of one standard deviation."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    fig = Figure(figsize=(12, 4.5), layout="constrained")
+    acc_ax, loss_ax = fig.subplots(1, 2)
+    grouped = {id(r) for g in groups for r in g.runs}
+    for n, run in enumerate(runs, 1):
+        if id(run) in grouped or not run.curves:
+            continue
+        name = label(n, run)
+        for ax, key in ((acc_ax, "test_acc"), (loss_ax, "train_loss")):
+            points = curve(run, key)
+            ax.plot(list(points), list(points.values()), marker=".", label=name)
+    for i, g in enumerate(groups, 1):
+        name = f"G{i} {g.runs[0].results.get('model')} (n={len(g.runs)}, mean ± std)"
+        band(acc_ax, g, "test_acc", name)
+        band(loss_ax, g, "train_loss", name)
+    acc_ax.set(xlabel="epoch", ylabel="test accuracy", title="Test accuracy")
+    loss_ax.set(xlabel="epoch", ylabel="training loss", title="Training loss", yscale="log")
+    for ax in (acc_ax, loss_ax):
+        ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    acc_ax.legend(fontsize=7)
+    fig.savefig(out / "curves.png", dpi=110)
+
+
+def figures(runs: list[Run], out: Path, groups: list[Group] | None = None) -> list[Path]:
     """`runs` in the table's order."""
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(12, 4.5), layout="constrained")
-    acc_ax, loss_ax = fig.subplots(1, 2)
-    for n, run in enumerate(runs, 1):
-        epochs = [int(r["epoch"]) for r in run.curves]
-        if not epochs:
-            continue
-        name = label(n, run)
-        acc_ax.plot(epochs, [float(r["test_acc"]) for r in run.curves], marker=".", label=name)
-        loss_ax.plot(epochs, [float(r["train_loss"]) for r in run.curves], marker=".", label=name)
-    acc_ax.set(xlabel="epoch", ylabel="test accuracy", title="Test accuracy")
-    loss_ax.set(xlabel="epoch", ylabel="training loss", title="Training loss", yscale="log")
-    for ax in (acc_ax, loss_ax):
-        ax.grid(alpha=0.3)
-    acc_ax.legend(fontsize=7)
-    fig.savefig(out / "curves.png", dpi=110)
-
+    curves_figure(runs, groups or [], out)
     fig = Figure(figsize=(12, 4.5))
     axes = fig.subplots(1, 2)
     done = [(n, r) for n, r in enumerate(runs, 1) if r.get("best_test_acc") is not None]
@@ -205,28 +404,50 @@ def figures(runs: list[Run], out: Path) -> list[Path]:
     axes[0].set_title("Accuracy against wall time")
     axes[1].set_title("Accuracy against size")
     fig.savefig(out / "tradeoffs.png", dpi=110, bbox_inches="tight")
-    return [out / "curves.png", out / "tradeoffs.png"]
+    made = [out / "curves.png", out / "tradeoffs.png"]
+    confusions = confusion_figure(runs, out)
+    return made + ([confusions] if confusions else [])
+
+
+def write_csv(path: Path, headers: list[str], rows: list[list]) -> None:
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(headers)
+    writer.writerows(rows)
+    write_text(path, text.getvalue())
 
 
 def report(dirs: list[Path], out: Path | None = None) -> str:
     runs = by_accuracy(find_runs(dirs))
     keys = differing_keys(runs)
     headers, shown, raw = table(runs, keys)
+    groups = seed_groups(runs)
     out = out or dirs[0]
     out.mkdir(parents=True, exist_ok=True)
     text = markdown(headers, shown)
+    sections = []
+    if groups:
+        g_headers, g_shown, g_raw = group_table(groups)
+        sections.append(f"## Seeds\n\n{SEEDS_NOTE}\n\n{markdown(g_headers, g_shown)}")
+        named = g_headers[: g_headers.index("seeds") + 1]
+        write_csv(out / "groups.csv", [*named, *GROUP_CSV], g_raw)
+    c_headers, c_rows = confusion_table(runs, keys)
+    if c_rows:
+        sections.append(
+            "## Most confused classes\n\nThe class pairs each run's final test confusion matrix "
+            "mixes up most (the images of either class taken for the other, both ways), from "
+            f"its {CONFUSION_FILE}.\n\n{markdown(c_headers, c_rows)}\n"
+            "![confusions](confusions.png)\n"
+        )
+    body = "\n".join([text, *sections])
     write_text(
         out / "report.md",
-        f"# Comparison of {len(runs)} runs\n\n{text}\n![curves](curves.png)\n\n"
+        f"# Comparison of {len(runs)} runs\n\n{body}\n![curves](curves.png)\n\n"
         "![tradeoffs](tradeoffs.png)\n",
     )
-    table_csv = io.StringIO(newline="")
-    writer = csv.writer(table_csv)
-    writer.writerow(headers)
-    writer.writerows(raw)
-    write_text(out / "report.csv", table_csv.getvalue())
-    figures(runs, out)
-    return text
+    write_csv(out / "report.csv", [*headers[:-1], "run_dir"], raw)
+    figures(runs, out, groups)
+    return body
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -243,6 +464,8 @@ def main(argv: list[str] | None = None) -> None:
         fail("cnnbench.report", err)
     print(text)
     print(f"report.md, report.csv, curves.png, tradeoffs.png: {args.out or args.dirs[0]}")
+    if "## Seeds" in text:
+        print("groups.csv: the seed groups' means, standard deviations and t-tests")
 
 
 if __name__ == "__main__":

@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shlex
 import sys
 from datetime import datetime
 from pathlib import Path
 
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 
 from cnnbench.errors import ConfigError, fail
@@ -48,6 +51,41 @@ def sweep_name(argv: list[str] | None = None) -> str:
     if len(name) > 150:
         name = f"{name[:130]}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
     return name
+
+
+def command_line() -> str:
+    """The sweep's arguments, resolved once in the process that starts the sweep (the resolver
+    caches, and Hydra copies the cache into every job's config, also to a submitit job that runs
+    in another process)."""
+    return shlex.join(sys.argv[1:])
+
+
+def _key(override: str) -> str | None:
+    try:
+        return OverridesParser.create().parse_override(override).key_or_group
+    except HydraException:
+        return None
+
+
+def job_name(num: int, args: str, task: list[str]) -> str:
+    """A sweep job's directory, and so its TensorBoard run name: its number, then only what
+    varies between the jobs: `3_model=lenet,trainer.seed=1`. A setting given one value on the
+    command line (dataset=fashion_mnist, sweep=seeds) is the same in every job and left out,
+    as are paths and devices (NOT_IDENTITY). One path component, short enough for any file
+    system."""
+    fixed = set(NOT_IDENTITY)
+    for arg in shlex.split(args):
+        if arg.startswith("-") or arg.lstrip("+~").startswith("hydra"):
+            continue
+        try:
+            override = OverridesParser.create().parse_override(arg)
+        except HydraException:
+            continue
+        if not override.is_sweep_override():
+            fixed.add(override.key_or_group)
+    varying = sorted(str(o) for o in task if _key(str(o)) not in fixed)
+    name = ",".join(varying).replace("/", "_")[:150]
+    return f"{num}_{name}" if name else str(num)
 
 
 def check_writable(folder: str) -> None:
@@ -121,12 +159,11 @@ def register_resolvers() -> None:
     def resolver(name: str, fn, **kwargs) -> None:
         OmegaConf.register_new_resolver(f"cnnbench.{name}", fn, replace=True, **kwargs)
 
-    # each sweep job's directory is named by its overrides: one path component, short enough
-    # for any file system
-    resolver("dirname", lambda name: name.replace("/", "_")[:150])
     resolver("now", now, use_cache=True)
     resolver("unclaimed", unclaimed, use_cache=True)  # resolved once: claiming it changes it
-    resolver("sweep_name", lambda: sweep_name(), use_cache=True)
+    resolver("command_line", command_line, use_cache=True)
+    resolver("sweep_name", lambda args: sweep_name(shlex.split(args)), use_cache=True)
+    resolver("job_name", lambda num, args, task: job_name(num, args, list(task)))
     resolver("not_identity", lambda: list(NOT_IDENTITY))
     resolver("run_dir", _writable_run_dir)
     resolver("job_dir", lambda resume, default, _root_: _resumed_dir(resume, _root_) or default)

@@ -23,11 +23,12 @@ from torch.utils.tensorboard.summary import hparams
 from tqdm import tqdm
 
 from cnnbench import __version__, distributed
-from cnnbench.atomic import write_atomic, write_json
+from cnnbench.atomic import write_atomic, write_json, write_text
 from cnnbench.config import model_name
 from cnnbench.data import DeviceLoader
+from cnnbench.datasets import SPECS
 from cnnbench.errors import WriteError
-from cnnbench.runs import flatten
+from cnnbench.runs import CONFUSION_FILE, confusion_csv, flatten
 from cnnbench.signals import Interrupted
 from cnnbench.state import TrainState
 
@@ -217,6 +218,7 @@ class RunLog:
         timed_s = sum(r["epoch_s"] for r in timed)
         rate = sum(r["images_per_s"] * r["epoch_s"] for r in timed) / timed_s if timed else None
         val_acc = figures.pop("val_acc")
+        confusion = figures.pop("test_confusion", None)  # none: a finished run resumed
         results = {
             "status": status,
             "diverged_at_step": figures.pop("diverged_at"),
@@ -250,6 +252,10 @@ class RunLog:
         if self.main:
             if status == "ok":  # the HParams tab shows it finished
                 self.writer.file_writer.add_summary(hparams_summaries(self.config)[1])
+            if confusion is not None:
+                classes = SPECS[self.config["dataset"]["name"]].classes
+                table = confusion_csv(confusion.tolist(), classes)
+                write_text(self.out_dir / CONFUSION_FILE, table)
             write_json(self.out_dir / "results.json", results)
         return results
 

@@ -7,6 +7,8 @@ epoch), TensorBoard events, last.pt / best.pt and, for a command-line run, Hydra
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from pathlib import Path
 
@@ -76,3 +78,46 @@ def objective(results: dict) -> float | None:
     if results.get("status") != "ok":
         return None
     return results["val_acc"] if results.get("val_acc") is not None else results.get("test_acc")
+
+
+# ---------------------------------------------------------------------------- confusions
+
+# the test confusion matrix at the end of a run (train.py), beside results.json
+CONFUSION_FILE = "confusion_matrix.csv"
+
+
+def confusion_csv(matrix: list[list[int]], classes: tuple[str, ...] | list[str]) -> str:
+    """Row = true class, column = predicted, as counts; the classes head rows and columns."""
+    text = io.StringIO(newline="")
+    out = csv.writer(text)
+    out.writerow(["true \\ predicted", *classes])
+    for cls, row in zip(classes, matrix, strict=True):
+        out.writerow([cls, *row])
+    return text.getvalue()
+
+
+def read_confusion(path: Path) -> tuple[list[str], list[list[int]]] | None:
+    """(classes, matrix) of a confusion_matrix.csv; None when there is none or it is not one."""
+    try:
+        with open(path, newline="") as f:
+            header, *rows = list(csv.reader(f))
+        classes = header[1:]
+        matrix = [[int(n) for n in row[1:]] for row in rows]
+    except (OSError, ValueError, IndexError):
+        return None
+    square = len(matrix) == len(classes) and all(len(r) == len(classes) for r in matrix)
+    return (classes, matrix) if square and classes else None
+
+
+def confused_pairs(
+    classes: list[str], matrix: list[list[int]], k: int = 3
+) -> list[tuple[str, str, int]]:
+    """The `k` pairs of classes mistaken for each other most often, both ways counted:
+    (a, b, errors), a the class more often taken for b than b for a; ties in class order."""
+    pairs = []
+    for i in range(len(classes)):
+        for j in range(i + 1, len(classes)):
+            a, b = (i, j) if matrix[i][j] >= matrix[j][i] else (j, i)
+            pairs.append((classes[a], classes[b], matrix[i][j] + matrix[j][i]))
+    pairs.sort(key=lambda p: -p[2])  # stable: ties stay in class order
+    return [p for p in pairs[:k] if p[2] > 0]

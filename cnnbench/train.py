@@ -144,11 +144,12 @@ def train(
 
 
 def evaluate_all(engine: Engine, loaders: Loaders, classes: int) -> dict:
-    """Test (and validation) loss and accuracy, as the run computes (autocast included)."""
+    """Test (and validation) loss and accuracy, as the run computes (autocast included), and
+    the test confusion matrix (RunLog.results writes the last one)."""
     with engine.autocast:
         test = evaluate(engine.forward, loaders.test, classes)
         val = evaluate(engine.forward, loaders.val, classes) if loaders.val else None
-    return dict(test_loss=test.loss, test_acc=test.acc,
+    return dict(test_loss=test.loss, test_acc=test.acc, test_confusion=test.confusion,
                 val_loss=val.loss if val else None, val_acc=val.acc if val else None)  # fmt: skip
 
 

@@ -36,6 +36,10 @@ def test_eval_prints_per_class_accuracy_and_writes_the_confusion_matrix(run_dir,
     assert table[0][1:] == list(SPECS["fashion_mnist"].classes) and len(table) == 11
     assert sum(int(n) for row in table[1:] for n in row[1:]) == 250  # every test image
     assert (path / "eval" / "confusion_matrix.png").stat().st_size > 10_000
+    # training wrote the same matrix at its end, beside results.json (one epoch: last = best)
+    assert (path / "confusion_matrix.csv").read_text() == (
+        path / "eval" / "confusion_matrix.csv"
+    ).read_text()
     events = EventAccumulator(str(path / "eval")).Reload()
     assert "eval/misclassified" in events.Tags()["images"]
     assert "eval/confusion_matrix" in events.Tags()["images"]
