@@ -19,10 +19,10 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cnnbench import stats
+from cnnbench import recipes, stats
 from cnnbench.atomic import write_text
 from cnnbench.config import class_name
-from cnnbench.errors import fail
+from cnnbench.errors import ConfigError, fail
 from cnnbench.runs import (
     CONFUSION_FILE,
     NOT_IDENTITY,
@@ -450,6 +450,20 @@ def report(dirs: list[Path], out: Path | None = None) -> str:
     return body
 
 
+def recipe_report(root: Path, out: Path | None) -> None:
+    """docs/results/README.md: the measured recipes against their sources."""
+    try:
+        found = recipes.collect(root)
+        if not found:
+            raise ReportError(f"no finished runs under {root} (<recipe>/seed<N>/results.json)")
+        text = recipes.table(found, link=root.as_posix())  # links for the top README
+        page = recipes.table(found, link=".")
+        write_text((out or root) / "README.md", f"# The textbook recipes, measured\n\n{page}")
+    except (ReportError, ConfigError, OSError) as err:
+        fail("cnnbench.report", err)
+    print(text, end="")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m cnnbench.report",
@@ -457,7 +471,14 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("dirs", nargs="+", type=Path, help="run or sweep directories")
     parser.add_argument("--out", type=Path, help="where to write (default: the first directory)")
+    parser.add_argument(
+        "--recipes",
+        action="store_true",
+        help="the textbook recipes' table: <dir>/<recipe>/seed<N>/ against their sources",
+    )
     args = parser.parse_args(argv)
+    if args.recipes:
+        return recipe_report(args.dirs[0], args.out)
     try:
         text = report(args.dirs, args.out)
     except (ReportError, OSError) as err:

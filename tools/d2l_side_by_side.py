@@ -5,7 +5,8 @@ For each network and seed it trains twice on the real Fashion-MNIST:
   from the `d2l` package (1.0.3) with `load_data_fashion_mnist`, d2l's own loop and data;
 - cnnbench: `python -m cnnbench experiment=d2l/<net> trainer.seed=<seed>`.
 It prints a table of the final test accuracies, their medians and the gap, and writes it with
-every figure (and each cnnbench run's metrics.csv and results.json) under --out.
+every figure under --out; each cnnbench run's metrics.csv and results.json go where
+tools/run_recipes.py keeps them, docs/results/d2l/<net>/seed<N>/.
 
 d2l 1.0.3 pins old versions of numpy, scipy and others, so give it a virtual environment of
 its own that sees the installed torch and cnnbench:
@@ -113,7 +114,7 @@ def run_d2l(net: str, seed: int, root: Path) -> dict:
     return {"test_acc": curve[-1], "test_acc_per_epoch": curve}
 
 
-def run_cnnbench(net: str, seed: int, root: Path, runs: Path, out: Path) -> dict:
+def run_cnnbench(net: str, seed: int, root: Path, runs: Path, results: Path) -> dict:
     run_dir = runs / net / f"seed{seed}"
     shutil.rmtree(run_dir, ignore_errors=True)
     command = [
@@ -121,7 +122,7 @@ def run_cnnbench(net: str, seed: int, root: Path, runs: Path, out: Path) -> dict
         f"trainer.seed={seed}", "trainer.device=cpu", f"hydra.run.dir={run_dir}",
     ]  # fmt: skip
     subprocess.run(command, check=True)
-    kept = out / "cnnbench" / net / f"seed{seed}"
+    kept = results / "d2l" / net / f"seed{seed}"
     kept.mkdir(parents=True, exist_ok=True)
     for name in ("metrics.csv", "results.json"):
         shutil.copy(run_dir / name, kept / name)
@@ -152,9 +153,11 @@ def main() -> None:
     p.add_argument("--nets", nargs="+", default=list(NETS), choices=list(NETS))
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--out", type=Path, default=Path("docs/results/d2l_side_by_side"))
+    p.add_argument("--results", type=Path, default=Path("docs/results"))
     p.add_argument("--runs", type=Path, default=Path("outputs/d2l_side_by_side"))
     args = p.parse_args()
     root, out, args.runs = args.root.resolve(), args.out.resolve(), args.runs.resolve()
+    args.results = args.results.resolve()
     path = out / "figures.json"
     figures = json.loads(path.read_text()) if path.exists() else {}
     for net in args.nets:
@@ -163,7 +166,7 @@ def main() -> None:
             if str(seed) not in by["d2l"]:  # a figure already measured is kept
                 by["d2l"][str(seed)] = run_d2l(net, seed, root)
             if str(seed) not in by["cnnbench"]:
-                by["cnnbench"][str(seed)] = run_cnnbench(net, seed, root, args.runs, out)
+                by["cnnbench"][str(seed)] = run_cnnbench(net, seed, root, args.runs, args.results)
             out.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(figures, indent=2) + "\n")
     text = table({n: figures[n] for n in args.nets}, args.seeds)
