@@ -18,7 +18,7 @@ TRAIN_LIMIT = 110  # train() itself: about 100
 TORCH_FREE = {"cnnbench.cli", "cnnbench.config", "cnnbench.schema", "cnnbench.rundir",
               "cnnbench.runs", "cnnbench.errors", "cnnbench.atomic", "cnnbench.datasets",
               "cnnbench.report", "cnnbench.toolargs", "cnnbench.images",
-              "cnnbench.stats"}  # fmt: skip
+              "cnnbench.stats", "cnnbench.recipes"}  # fmt: skip
 
 
 def modules() -> dict[str, ast.Module]:
