@@ -8,6 +8,7 @@ which the tools normalise and resize as the training batches were (eval.input_tr
 from __future__ import annotations
 
 import glob
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,20 +63,16 @@ def expand(patterns: list[str]) -> tuple[list[Path], list[str]]:
 
 
 def read(path: Path, channels: int) -> Image.Image:
-    """The image as Pillow decodes it, upright (EXIF orientation), transparency laid over white
-    paper, in grayscale (1 channel) or RGB (3)."""
+    """The image as Pillow decodes it, upright (EXIF orientation), 16-bit gray scaled to 8 bits,
+    transparency laid over a ground that contrasts with its opaque pixels, in grayscale
+    (1 channel) or RGB (3)."""
     try:
         if path.stat().st_size == 0:
             raise ImageError(f"{path}: the file is empty")
-        with Image.open(path) as image:
-            width, height = image.size
-            if width * height > MAX_PIXELS:
-                raise ImageError(
-                    f"{path}: too large to decode sensibly ({width}x{height} pixels); the "
-                    f"limit is {MAX_PIXELS:,} pixels, scale it down first"
-                )
-            image.load()
-            image = ImageOps.exif_transpose(image)
+        # Pillow warns (two lines on stderr) between its two limits; ours, lower, says it once
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = decode(path)
     except FileNotFoundError:
         raise ImageError(f"{path}: no such file") from None
     except UnidentifiedImageError:
@@ -91,11 +88,48 @@ def read(path: Path, channels: int) -> Image.Image:
         if isinstance(err, ImageError):
             raise
         raise ImageError(f"{path}: corrupt, truncated or unreadable ({err})") from None
+    image = eight_bit(image)
     if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
-        rgba = image.convert("RGBA")
-        paper = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(paper, rgba)
+        image = flatten(image.convert("RGBA"))
     return image.convert("L" if channels == 1 else "RGB")
+
+
+def decode(path: Path) -> Image.Image:
+    with Image.open(path) as image:
+        width, height = image.size
+        if width * height > MAX_PIXELS:
+            raise ImageError(
+                f"{path}: too large to decode sensibly ({width}x{height} pixels); the "
+                f"limit is {MAX_PIXELS:,} pixels, scale it down first"
+            )
+        image.load()
+        return ImageOps.exif_transpose(image)
+
+
+def eight_bit(image: Image.Image) -> Image.Image:
+    """16-bit and 32-bit gray (I;16, I, F) scaled to 0..255 in mode L, which convert("L")
+    would clip instead: I;16 by its range (65535 -> 255), I and F by the image's own maximum
+    when it passes 255."""
+    if image.mode.startswith("I;16"):
+        scaled = np.asarray(image, dtype=np.float64) / 257
+    elif image.mode in ("I", "F"):
+        scaled = np.asarray(image, dtype=np.float64)
+        high = scaled.max(initial=0)
+        scaled = scaled * (255 / high) if high > 255 else scaled
+    else:
+        return image
+    return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), "L")
+
+
+def flatten(rgba: Image.Image) -> Image.Image:
+    """Transparency laid over black when the opaque pixels are mostly light (white strokes on
+    a transparent ground), else over white paper, so that the strokes stay visible."""
+    pixels = np.asarray(rgba, dtype=np.float64)
+    alpha = pixels[..., 3] / 255
+    light = pixels[..., :3].mean(axis=-1)  # of the colours, whatever their opacity
+    mostly_light = alpha.sum() > 0 and (light * alpha).sum() / alpha.sum() > 127.5
+    ground = (0, 0, 0, 255) if mostly_light else (255, 255, 255, 255)
+    return Image.alpha_composite(Image.new("RGBA", rgba.size, ground), rgba)
 
 
 def square(image: Image.Image) -> Image.Image:

@@ -3,13 +3,14 @@ MNIST-like data (light class patterns on a dark ground)."""
 
 import csv
 import json
+import warnings
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from cnnbench.datasets import SPECS
-from cnnbench.images import expand, prepare
+from cnnbench.images import ImageError, expand, prepare
 from tests.conftest import run_cli, write_idx
 
 
@@ -114,6 +115,40 @@ def test_invert_overrides_padding_and_expand(tmp_path):
     files, problems = expand([str(tmp_path / "*.bmp"), str(tmp_path / "*.gif"), str(tmp_path)])
     assert files == [tmp_path / "flat.bmp"]
     assert problems == [f"{tmp_path / '*.gif'}: no file matches"]
+
+
+def test_pillow_does_not_warn_below_its_limit_where_ours_refuses(tmp_path):
+    (tmp_path / "big.png").write_bytes(huge_png_header(10_000, 10_000))  # between Pillow's two
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a DecompressionBombWarning would be two more lines
+        with pytest.raises(ImageError, match="too large to decode sensibly \\(10000x10000"):
+            prepare(tmp_path / "big.png", SPECS["mnist"])
+
+
+def test_16_bit_gray_is_scaled_not_clipped(tmp_path):
+    stripes = np.zeros((28, 28), np.uint16)
+    stripes[:, 10:19], stripes[:, 19:] = 25700, 65535  # 100 and 255 in 8 bits
+    Image.fromarray(stripes).save(tmp_path / "sixteen.png")
+    assert Image.open(tmp_path / "sixteen.png").mode == "I;16"
+    pixels = prepare(tmp_path / "sixteen.png", SPECS["mnist"], "false").pixels[0]
+    assert (pixels[:, :10] == 0).all() and (pixels[:, 12:17] == 100).all()
+    assert (pixels[:, 21:] == 255).all()
+    Image.fromarray((stripes // 65).astype(np.int32)).save(tmp_path / "thousand.tif")  # mode I
+    pixels = prepare(tmp_path / "thousand.tif", SPECS["mnist"], "false").pixels[0]
+    assert pixels[0, 0] == 0 and pixels[0, 14] == round(395 * 255 / 1008) and pixels[0, 25] == 255
+
+
+def test_strokes_on_a_transparent_ground_stay_visible(tmp_path):
+    for name, stroke in (("white", 255), ("black", 0)):
+        drawing = np.zeros((28, 28, 4), np.uint8)  # transparent black
+        drawing[8:20, 8:20] = (stroke, stroke, stroke, 255)
+        Image.fromarray(drawing, "RGBA").save(tmp_path / f"{name}.png")
+    white = prepare(tmp_path / "white.png", SPECS["mnist"])  # over black: already light on dark
+    assert not white.inverted and white.pixels[0, 10:18, 10:18].min() == 255
+    assert white.pixels[0, :6].max() == 0
+    black = prepare(tmp_path / "black.png", SPECS["mnist"])  # over white paper, then inverted
+    assert black.inverted and black.pixels[0, 10:18, 10:18].min() == 255
+    assert black.pixels[0, :6].max() == 0
 
 
 @pytest.mark.parametrize(
