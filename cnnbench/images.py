@@ -36,6 +36,7 @@ class Prepared:
     path: Path
     pixels: np.ndarray  # uint8 (C, side, side) at the dataset's own side, after any inversion
     inverted: bool
+    invert_reason: str | None  # "auto" (its border was lighter), "forced" (invert=true), None
     border: float  # mean brightness of the border and of the centre, 0..255, before inversion
     centre: float
 
@@ -166,7 +167,9 @@ def prepare(path: Path, spec: Spec, invert: str = "auto") -> Prepared:
     pixels = np.asarray(image, dtype=np.uint8)
     pixels = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
     border, centre = border_and_centre(pixels)
-    flip = invert == "true" or (invert == "auto" and spec.dark_ground and border > centre)
-    if flip:
+    reason = "forced" if invert == "true" else None
+    if invert == "auto" and spec.dark_ground and border > centre:
+        reason = "auto"
+    if reason:
         pixels = 255 - pixels
-    return Prepared(path, np.ascontiguousarray(pixels), flip, border, centre)
+    return Prepared(path, np.ascontiguousarray(pixels), reason is not None, reason, border, centre)

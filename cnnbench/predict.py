@@ -58,6 +58,7 @@ def records(batch: list[images.Prepared], probs: torch.Tensor, classes, k: int) 
         {
             "file": str(p.path),
             "inverted": p.inverted,
+            "invert_reason": p.invert_reason,
             "border": round(p.border, 1),
             "centre": round(p.centre, 1),
             "top": [
@@ -73,9 +74,11 @@ def records(batch: list[images.Prepared], probs: torch.Tensor, classes, k: int) 
 def line(record: dict) -> str:
     guesses = ", ".join(f"{t['class']} {t['prob']:.3f}" for t in record["top"])
     note = ""
-    if record["inverted"]:
+    if record["invert_reason"] == "auto":
         border, centre = record["border"], record["centre"]
         note = f" (inverted: its border, {border:.0f}, is lighter than its centre, {centre:.0f})"
+    elif record["inverted"]:
+        note = " (inverted: invert=true)"
     return f"{record['file']}: {guesses}{note}"
 
 
@@ -83,10 +86,11 @@ def table(rows: list[dict], k: int) -> str:
     text = io.StringIO(newline="")
     out = csv.writer(text)
     head = [h for i in range(1, k + 1) for h in (f"class_{i}", f"prob_{i}")]
-    out.writerow(["file", "inverted", *head, "error"])
+    out.writerow(["file", "inverted", "invert_reason", *head, "error"])
     for r in rows:
         top = [v for t in r["top"] for v in (t["class"], t["prob"])]
-        out.writerow([r["file"], r["inverted"], *top, *[""] * (2 * k - len(top)), r["error"] or ""])
+        out.writerow([r["file"], r["inverted"], r["invert_reason"] or "", *top,
+                      *[""] * (2 * k - len(top)), r["error"] or ""])  # fmt: skip
     return text.getvalue()
 
 
@@ -157,7 +161,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         try:
             batch.append(images.prepare(path, restored.spec, invert))
         except images.ImageError as err:
-            failed.append({"file": str(path), "inverted": None, "top": [], "error": str(err)})
+            failed.append({"file": str(path), "inverted": None, "invert_reason": None,
+                           "top": [], "error": str(err)})  # fmt: skip
     for problem in problems + [r["error"] for r in failed]:
         print(f"{TOOL}: error: {problem}", file=sys.stderr)
     rows: list[dict] = []

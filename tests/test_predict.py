@@ -71,10 +71,14 @@ def test_predict_inverts_dark_on_light_predicts_the_rest_and_names_the_bad_files
     assert len(errors) == 3
     with open(tmp_path / "out" / "predictions.csv", newline="") as f:
         rows = {r["file"].rsplit("/", 1)[-1]: r for r in csv.DictReader(f)}
-    assert {n: (r["class_1"], r["inverted"]) for n, r in rows.items() if not r["error"]} == {
-        "a_light_on_dark.png": ("3", "False"),
-        "b_dark_on_light.jpg": ("5", "True"),
-        "c_rgb.png": ("8", "False"),
+    assert {
+        n: (r["class_1"], r["inverted"], r["invert_reason"])
+        for n, r in rows.items()
+        if not r["error"]
+    } == {
+        "a_light_on_dark.png": ("3", "False", ""),
+        "b_dark_on_light.jpg": ("5", "True", "auto"),
+        "c_rgb.png": ("8", "False", ""),
     }
     assert float(rows["a_light_on_dark.png"]["prob_1"]) > 0.5
     assert "the file is empty" in rows["d_empty.png"]["error"]
@@ -117,6 +121,21 @@ def test_invert_overrides_padding_and_expand(tmp_path):
     assert problems == [f"{tmp_path / '*.gif'}: no file matches"]
 
 
+def test_forced_inversion_says_invert_true_and_records_it(trained, tmp_path):
+    images, _ = patterns(10, 4)
+    Image.fromarray(255 - images[0]).save(tmp_path / "dark_on_light.png")
+    ran = run_cli(f"ckpt={trained / 'run'}", f"images={tmp_path / 'dark_on_light.png'}",
+                  "invert=true", f"out={tmp_path / 'out'}", cwd=tmp_path,
+                  module="cnnbench.predict")  # fmt: skip
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.splitlines()[0].endswith(" (inverted: invert=true)")
+    assert "lighter" not in ran.stdout  # its border is darker: inverted only because it was told
+    saved = json.loads((tmp_path / "out" / "predictions.json").read_text())["images"]
+    assert (saved[0]["inverted"], saved[0]["invert_reason"]) == (True, "forced")
+    with open(tmp_path / "out" / "predictions.csv", newline="") as f:
+        assert next(csv.DictReader(f))["invert_reason"] == "forced"
+
+
 def test_pillow_does_not_warn_below_its_limit_where_ours_refuses(tmp_path):
     (tmp_path / "big.png").write_bytes(huge_png_header(10_000, 10_000))  # between Pillow's two
     with warnings.catch_warnings():
@@ -147,7 +166,7 @@ def test_strokes_on_a_transparent_ground_stay_visible(tmp_path):
     assert not white.inverted and white.pixels[0, 10:18, 10:18].min() == 255
     assert white.pixels[0, :6].max() == 0
     black = prepare(tmp_path / "black.png", SPECS["mnist"])  # over white paper, then inverted
-    assert black.inverted and black.pixels[0, 10:18, 10:18].min() == 255
+    assert black.invert_reason == "auto" and black.pixels[0, 10:18, 10:18].min() == 255
     assert black.pixels[0, :6].max() == 0
 
 
