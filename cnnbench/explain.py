@@ -7,12 +7,13 @@ and what it makes of pure noise.
 
 The images: your own files (images=, prepared as cnnbench.predict prepares them), test images of
 the named classes (classes=, the first n of each) or at test indices (index=); by default the
-first n test images of each of the two classes the run's confusion matrix mixes up most. An
-image of uniform noise is always added. Writes into <run dir>/explain/, or out=<dir>:
-features_<stage>.png (a grid per top-level stage of the model: a row per image, a column per
-channel), filters.png (the first convolution's kernels), gradcam.png (each image and its
-Grad-CAM heatmap for the predicted class, by torchcam), overview.png (all of it, labelled) and
-explain.json; the same images go to TensorBoard's Images tab (tensorboard --logdir <out>).
+first n test images of each of the two classes the run's confusion matrix mixes up most; at
+most MAX_IMAGES (16) of them. An image of uniform noise is always added. Writes into
+<run dir>/explain/, or out=<dir>: features_<stage>.png (a grid per top-level stage of the
+model: a row per image, a column per channel), filters.png (the first convolution's kernels),
+gradcam.png (each image and its Grad-CAM heatmap for the predicted class, by torchcam),
+overview.png (all of it, labelled) and explain.json; the same images go to TensorBoard's
+Images tab (tensorboard --logdir <out>).
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ from cnnbench.eval import Restored, evaluate, input_transform, load_model
 TOOL = "cnnbench.explain"
 MAX_CHANNELS = 16  # channels drawn per stage; explain.json says how many a stage has
 TILE = 56  # pixels: a feature map is scaled up by a whole factor to about this side
+# images looked at (the noise besides): each is a row of every grid, and of overview.png
+MAX_IMAGES = 16
 
 USAGE = """usage: python -m cnnbench.explain ckpt=<checkpoint or run dir>
             [images=<file, folder or glob> ...] [classes=<name>,<name>] [index=<i>,<j>]
@@ -45,8 +48,8 @@ USAGE = """usage: python -m cnnbench.explain ckpt=<checkpoint or run dir>
 Draws the feature maps after every top-level stage of the model, the first layer's filters
 and Grad-CAM heatmaps, for your images, test images of the named classes (the first n of each)
 or at the given test indices; by default for the first n test images of the two classes the
-confusion matrix mixes up most. An image of pure noise is always added. Writes PNGs and
-TensorBoard images into <run dir>/explain/, or out=<dir>."""
+confusion matrix mixes up most; the first 16 of them. An image of pure noise is always added.
+Writes PNGs and TensorBoard images into <run dir>/explain/, or out=<dir>."""
 
 
 @dataclass
@@ -104,7 +107,7 @@ def pick(restored: Restored, args: toolargs.ToolArgs, n: int, invert: str) -> Pi
     files, problems = images.expand(args.lists["images"])
     if problems:
         raise ConfigError("; ".join(problems))
-    for path in files:
+    for path in files[:MAX_IMAGES]:  # the rest would be dropped below
         arrays.append(images.prepare(path, spec, invert).pixels)  # ImageError: one line
         chosen.labels.append(path.name)
         chosen.truth.append(None)
@@ -127,6 +130,11 @@ def pick(restored: Restored, args: toolargs.ToolArgs, n: int, invert: str) -> Pi
             arrays.append(test[0][i].numpy())
             chosen.labels.append(f"test #{i} {spec.classes[test[1][i]]}")
             chosen.truth.append(int(test[1][i]))
+    given = len(files) + len(indices)
+    if given > MAX_IMAGES:
+        print(f"looking at the first {MAX_IMAGES} of {given} images (explain draws at most "
+              f"{MAX_IMAGES})")  # fmt: skip
+        del arrays[MAX_IMAGES:], chosen.labels[MAX_IMAGES:], chosen.truth[MAX_IMAGES:]
     noise = np.random.default_rng(0).integers(0, 256, (spec.channels, spec.size, spec.size))
     arrays.append(noise.astype(np.uint8))
     chosen.labels.append("noise")

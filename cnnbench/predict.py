@@ -44,12 +44,18 @@ predictions.json and predictions.png into <run dir>/predict/, or out=<dir>."""
 
 
 def predict(restored: Restored, batch: list[images.Prepared]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(the model's inputs, class probabilities) of the prepared images."""
-    pixels = torch.from_numpy(np.stack([p.pixels for p in batch]))
-    x = input_transform(restored)(pixels)
-    with torch.inference_mode():
-        probs = torch.softmax(restored.model(x).float(), dim=1)
-    return x.cpu(), probs.cpu()
+    """(the model's inputs of the first SHEET_LIMIT images, class probabilities of all) of the
+    prepared images, trainer.eval_batch_size images a forward pass, as eval runs the test set."""
+    transform, size = input_transform(restored), restored.cfg.trainer.eval_batch_size
+    shown, probs = [], []
+    for start in range(0, len(batch), size):
+        pixels = torch.from_numpy(np.stack([p.pixels for p in batch[start : start + size]]))
+        x = transform(pixels)
+        with torch.inference_mode():
+            probs.append(torch.softmax(restored.model(x).float(), dim=1).cpu())
+        if start < SHEET_LIMIT:
+            shown.append(x[: SHEET_LIMIT - start].cpu())
+    return torch.cat(shown), torch.cat(probs)
 
 
 def records(batch: list[images.Prepared], probs: torch.Tensor, classes, k: int) -> list[dict]:
@@ -186,7 +192,10 @@ def write_outputs(rows, failed, inputs, restored: Restored, out_dir: Path, k: in
     write_text(out_dir / "predictions.csv", table(every, k))
     write_json(out_dir / "predictions.json", {"checkpoint": str(restored.path), "images": every})
     sheet(rows, inputs, restored, out_dir / "predictions.png")
-    print(f"predictions.csv, predictions.json, predictions.png: {out_dir}")
+    drawn = (
+        "" if len(rows) <= SHEET_LIMIT else f" (it draws the first {SHEET_LIMIT} of {len(rows)})"
+    )
+    print(f"predictions.csv, predictions.json, predictions.png{drawn}: {out_dir}")
 
 
 if __name__ == "__main__":

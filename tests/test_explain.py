@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from cnnbench.explain import MAX_CHANNELS, TILE
+from cnnbench.explain import MAX_CHANNELS, MAX_IMAGES, TILE
 from tests.conftest import run_cli
 
 
@@ -68,6 +68,17 @@ def test_explain_takes_classes_indices_and_files(run_dir, tmp_path):
     assert images[0]["image"] == "white.png" and images[0]["true"] is None
     assert images[1]["image"].startswith("test #3 ") and images[-1]["image"] == "noise"
     assert [i["true"] for i in images[2:4]] == ["Shirt", "T-shirt/top"]
+
+
+def test_explain_looks_at_no_more_than_max_images(run_dir, tmp_path):
+    wanted = MAX_IMAGES + 4
+    ran = run_cli(f"ckpt={run_dir}", f"index={','.join(map(str, range(wanted)))}",
+                  f"out={tmp_path / 'x'}", cwd=tmp_path, module="cnnbench.explain")  # fmt: skip
+    assert ran.returncode == 0, ran.stderr
+    assert f"looking at the first {MAX_IMAGES} of {wanted} images" in ran.stdout
+    images = json.loads((tmp_path / "x" / "explain.json").read_text())["images"]
+    assert len(images) == MAX_IMAGES + 1 and images[-1]["image"] == "noise"
+    assert images[MAX_IMAGES - 1]["image"].startswith(f"test #{MAX_IMAGES - 1} ")
 
 
 @pytest.mark.parametrize(

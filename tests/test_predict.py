@@ -136,6 +136,30 @@ def test_forced_inversion_says_invert_true_and_records_it(trained, tmp_path):
         assert next(csv.DictReader(f))["invert_reason"] == "forced"
 
 
+def test_predict_batches_by_eval_batch_size_and_keeps_the_sheet_inputs_only(
+    trained, tmp_path, monkeypatch
+):
+    import torch
+
+    from cnnbench import predict
+    from cnnbench.eval import load_model
+
+    images, _ = patterns(5, 5)
+    batch = []
+    for i, image in enumerate(images):
+        Image.fromarray(image).save(tmp_path / f"{i}.png")
+        batch.append(prepare(tmp_path / f"{i}.png", SPECS["mnist"], "false"))
+    restored = load_model(trained / "run", ["trainer.eval_batch_size=2"])
+    sizes = []
+    restored.model.register_forward_hook(lambda _m, inputs, _out: sizes.append(len(inputs[0])))
+    monkeypatch.setattr(predict, "SHEET_LIMIT", 3)
+    inputs, probs = predict.predict(restored, batch)
+    assert sizes == [2, 2, 1] and probs.shape == (5, 10) and inputs.shape[0] == 3
+    sizes.clear()
+    _, whole = predict.predict(load_model(trained / "run", []), batch)
+    assert torch.allclose(probs, whole, atol=1e-6)
+
+
 def test_pillow_does_not_warn_below_its_limit_where_ours_refuses(tmp_path):
     (tmp_path / "big.png").write_bytes(huge_png_header(10_000, 10_000))  # between Pillow's two
     with warnings.catch_warnings():
