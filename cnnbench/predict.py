@@ -26,7 +26,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from cnnbench import images, toolargs
 from cnnbench.atomic import write_json, write_text
-from cnnbench.errors import USER_ERRORS, fail
+from cnnbench.errors import USER_ERRORS, WriteError, fail
 from cnnbench.eval import Restored, input_transform, load_model
 
 TOOL = "cnnbench.predict"
@@ -187,11 +187,20 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 
 def write_outputs(rows, failed, inputs, restored: Restored, out_dir: Path, k: int) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
+    """predictions.csv, .json and .png; a folder or file that cannot be written is one
+    WriteError naming the folder."""
     every = rows + failed
-    write_text(out_dir / "predictions.csv", table(every, k))
-    write_json(out_dir / "predictions.json", {"checkpoint": str(restored.path), "images": every})
-    sheet(rows, inputs, restored, out_dir / "predictions.png")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_text(out_dir / "predictions.csv", table(every, k))
+        write_json(
+            out_dir / "predictions.json", {"checkpoint": str(restored.path), "images": every}
+        )
+        sheet(rows, inputs, restored, out_dir / "predictions.png")
+    except OSError as err:  # write_atomic's WriteError names the file, so say only why
+        cause = err.__cause__ if isinstance(err, WriteError) and err.__cause__ else err
+        reason = cause.strerror if isinstance(cause, OSError) and cause.strerror else cause
+        raise WriteError(f"cannot write predictions to {out_dir}: {reason}") from err
     drawn = (
         "" if len(rows) <= SHEET_LIMIT else f" (it draws the first {SHEET_LIMIT} of {len(rows)})"
     )

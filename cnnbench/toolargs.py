@@ -11,6 +11,9 @@ from dataclasses import dataclass, field
 from cnnbench.errors import ConfigError
 
 OVERRIDABLE = ("dataset.", "trainer.")  # the model and its settings come from the checkpoint
+# the example in "<key> needs a value: <key>=<example>"
+EXAMPLES = {"ckpt": "outputs/<run dir>", "images": "digit.png", "out": "<dir>", "invert": "auto",
+            "topk": "3", "n": "4", "classes": "Shirt,T-shirt/top", "index": "0,17"}  # fmt: skip
 
 
 @dataclass
@@ -34,7 +37,11 @@ def parse(
         sys.exit(0)
     pairs = [a.split("=", 1) if "=" in a else (a, None) for a in argv]
     known = (*options, *repeatable)
-    bad = [k for k, v in pairs if v is None or not (k in known or k.startswith(OVERRIDABLE))]
+    valueless = [k for k, v in pairs if v is None and (k in known or k.startswith(OVERRIDABLE))]
+    if valueless:
+        key = valueless[0]
+        raise ConfigError(f"{key} needs a value: {key}={EXAMPLES.get(key, '<value>')}\n{usage}")
+    bad = [k for k, v in pairs if not (k in known or k.startswith(OVERRIDABLE))]
     missing = [k for k in required if k not in {k for k, _ in pairs}]
     if bad or missing:
         problem = (

@@ -160,6 +160,20 @@ def test_predict_batches_by_eval_batch_size_and_keeps_the_sheet_inputs_only(
     assert torch.allclose(probs, whole, atol=1e-6)
 
 
+def test_an_unwritable_out_names_the_folder_and_why(trained, tmp_path):
+    images, _ = patterns(1, 6)
+    Image.fromarray(images[0]).save(tmp_path / "x.png")
+    (tmp_path / "a_file").write_text("")
+    out = tmp_path / "a_file" / "predict"
+    ran = run_cli(f"ckpt={trained / 'run'}", f"images={tmp_path / 'x.png'}", f"out={out}",
+                  cwd=tmp_path, module="cnnbench.predict")  # fmt: skip
+    assert ran.returncode == 2
+    assert (
+        ran.stderr
+        == f"cnnbench.predict: error: cannot write predictions to {out}: Not a directory\n"
+    )
+
+
 def test_pillow_does_not_warn_below_its_limit_where_ours_refuses(tmp_path):
     (tmp_path / "big.png").write_bytes(huge_png_header(10_000, 10_000))  # between Pillow's two
     with warnings.catch_warnings():
@@ -199,6 +213,7 @@ def test_strokes_on_a_transparent_ground_stay_visible(tmp_path):
     [
         (["images=x.png"], "ckpt=<path> is required"),
         (["ckpt={run}"], "images=<...> required"),
+        (["ckpt={run}", "images"], "images needs a value: images=digit.png"),
         (["ckpt={run}", "images=x.png", "invert=maybe"], "invert=maybe is not allowed"),
         (["ckpt={run}", "images=x.png", "topk=0"], "topk=0 is not allowed"),
         (["ckpt={run}", "images=x.png", "model.hidden=3"], "cannot use model.hidden"),
