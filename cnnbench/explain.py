@@ -375,9 +375,8 @@ def main(argv: list[str] | None = None) -> dict:
         summary = write(restored, picked, seen, out_dir)
     except (*USER_ERRORS, images.ImageError, OmegaConfBaseException) as err:
         fail(TOOL, err)
-    for item in summary["images"]:
-        truth = f" (true: {item['true']})" if item["true"] and "test #" not in item["image"] else ""
-        print(f"{item['image']}: {item['predicted']} {item['prob']:.3f}{truth}")
+    for item in summary["images"]:  # a test image's label names its true class
+        print(f"{item['image']}: {item['predicted']} {item['prob']:.3f}")
     stages = ", ".join(f"{s['file']} {s['shape'][0]}@{s['shape'][1]}x{s['shape'][2]}"
                        for s in summary["stages"])  # fmt: skip
     print(f"Grad-CAM at stage {seen['layer']}; feature maps: {stages}")
