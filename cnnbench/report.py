@@ -207,7 +207,7 @@ def seed_groups(runs: list[Run]) -> list[Group]:
         found[key].rows.append(n)
     groups = [g for g in found.values() if len(g.runs) > 1]
     for g in groups:
-        order = sorted(range(len(g.runs)), key=lambda i: str(g.runs[i].config.get(SEED)))
+        order = sorted(range(len(g.runs)), key=lambda i: seed_order(g.runs[i].config.get(SEED)))
         g.runs, g.rows = [g.runs[i] for i in order], [g.rows[i] for i in order]
 
     def accuracy(g: Group) -> float:
@@ -217,51 +217,63 @@ def seed_groups(runs: list[Run]) -> list[Group]:
     return sorted(groups, key=accuracy)
 
 
+def seed_order(seed: object) -> tuple[int, float, str]:
+    """Numbers by their value (2 before 10), then anything else by its text."""
+    try:
+        return (0, float(seed), "")
+    except (TypeError, ValueError):
+        return (1, 0.0, str(seed))
+
+
 def spread(values: list[float], fmt: str) -> str:
     if not values:
         return ""
     return f"{fmt.format(stats.mean(values))} ± {fmt.format(stats.std(values))}"
 
 
-def group_table(groups: list[Group]) -> tuple[list[str], list[list[str]], list[list]]:
-    """Headers, formatted rows and raw rows (groups.csv) of the seed groups; each is compared
-    with the first (the best mean final test accuracy) by Welch's t-test."""
+def group_table(groups: list[Group]) -> tuple[list[str], list[list[str]], list[dict]]:
+    """Headers and formatted rows of the seed groups, and groups.csv's rows by column name;
+    each group is compared with the first (the best mean final test accuracy) by Welch's
+    t-test."""
     keys = [k for k in differing_keys([g.runs[0] for g in groups]) if k != SEED]
     headers = ["group", *keys, "model", "dataset", "runs", "n", "seeds", "best test acc",
                "final test acc", "final: 95% interval", "wall s", "vs G1: Welch p",
                "difference from G1"]  # fmt: skip
-    shown, raw = [], []
+    shown, saved = [], []
     first = groups[0].values("test_acc")
     for i, g in enumerate(groups, 1):
         head, final = g.runs[0], g.values("test_acc")
-        seeds = [short(r.config.get(SEED)) for r in g.runs]
+        named = {"group": f"G{i}", **{k: short(head.config.get(k)) for k in keys},
+                 "model": short(head.results.get("model")),
+                 "dataset": short(head.results.get("dataset")),
+                 "runs": " ".join(f"#{n}" for n in g.rows), "n": len(final),
+                 "seeds": " ".join(short(r.config.get(SEED)) for r in g.runs)}  # fmt: skip
         test = stats.welch(final, first) if i > 1 else None
-        interval = stats.interval95(final)
+        low, high = stats.interval95(final) or (None, None)
         verdict = "" if i == 1 else "n < 2" if test is None else (
             "within the noise" if test.p >= ALPHA else f"real (p < {ALPHA})")  # fmt: skip
-        cells = [f"G{i}", *(short(head.config.get(k)) for k in keys), short(head.results.get(
-            "model")), short(head.results.get("dataset")), " ".join(f"#{n}" for n in g.rows),
-            str(len(final)), " ".join(seeds), spread(g.values("best_test_acc"), "{:.4f}"),
-            spread(final, "{:.4f}"), "" if interval is None else
-            f"{interval[0]:.4f} to {interval[1]:.4f}", spread(g.values("wall_s"), "{:.1f}"),
-            "" if test is None else f"{test.p:.3g}", verdict]  # fmt: skip
-        shown.append(cells)
-        raw.append(
-            cells[: 4 + len(keys)]
-            + [len(final), " ".join(seeds)]
-            + [
-                f(g.values(key)) if g.values(key) else None
-                for key in ("best_test_acc", "test_acc", "wall_s")
-                for f in (stats.mean, stats.std)
-            ]
-            + [*(interval or (None, None)), *((test.t, test.df, test.p) if test else (None,) * 3)]
-        )
-    return headers, shown, raw
+        cells = {**named, "best test acc": spread(g.values("best_test_acc"), "{:.4f}"),
+                 "final test acc": spread(final, "{:.4f}"),
+                 "final: 95% interval": "" if low is None else f"{low:.4f} to {high:.4f}",
+                 "wall s": spread(g.values("wall_s"), "{:.1f}"),
+                 "vs G1: Welch p": "" if test is None else f"{test.p:.3g}",
+                 "difference from G1": verdict}  # fmt: skip
+        shown.append([str(cells[h]) for h in headers])
+        saved.append({**named, **moments(g), "test_acc_ci95_low": low, "test_acc_ci95_high": high,
+                      "welch_t_vs_g1": test.t if test else None,
+                      "welch_df_vs_g1": test.df if test else None,
+                      "welch_p_vs_g1": test.p if test else None})  # fmt: skip
+    return headers, shown, saved
 
 
-GROUP_CSV = ["best_test_acc_mean", "best_test_acc_std", "test_acc_mean", "test_acc_std",
-             "wall_s_mean", "wall_s_std", "test_acc_ci95_low", "test_acc_ci95_high",
-             "welch_t_vs_g1", "welch_df_vs_g1", "welch_p_vs_g1"]  # fmt: skip
+def moments(g: Group) -> dict[str, float | None]:
+    """best_test_acc_mean, best_test_acc_std, test_acc_mean, ..., wall_s_std (groups.csv)"""
+    return {
+        f"{key}_{name}": f(g.values(key)) if g.values(key) else None
+        for key in ("best_test_acc", "test_acc", "wall_s")
+        for name, f in (("mean", stats.mean), ("std", stats.std))
+    }
+
 
 SEEDS_NOTE = (
     "Runs whose configs differ only in `trainer.seed` form a group: n runs, the mean ± sample "
@@ -427,10 +439,9 @@ def report(dirs: list[Path], out: Path | None = None) -> str:
     text = markdown(headers, shown)
     sections = []
     if groups:
-        g_headers, g_shown, g_raw = group_table(groups)
+        g_headers, g_shown, g_saved = group_table(groups)
         sections.append(f"## Seeds\n\n{SEEDS_NOTE}\n\n{markdown(g_headers, g_shown)}")
-        named = g_headers[: g_headers.index("seeds") + 1]
-        write_csv(out / "groups.csv", [*named, *GROUP_CSV], g_raw)
+        write_csv(out / "groups.csv", list(g_saved[0]), [list(r.values()) for r in g_saved])
     c_headers, c_rows = confusion_table(runs, keys)
     if c_rows:
         sections.append(

@@ -154,6 +154,23 @@ def test_a_difference_within_the_noise_says_so(tmp_path):
         fake_run(tmp_path / "s" / f"b{seed}", "MLP", 0.01, [b], seed=seed)
     text = report([tmp_path / "s"], tmp_path / "out")
     assert "| G2 | 0.01 | MLP |" in text and "within the noise" in text
+    with open(tmp_path / "out" / "groups.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0][:8] == ["group", "optimizer.lr", "model", "dataset", "runs", "n", "seeds",
+                           "best_test_acc_mean"]  # fmt: skip
+    assert rows[0][-1] == "welch_p_vs_g1" and {len(r) for r in rows} == {len(rows[0])}
+    g2 = dict(zip(rows[0], rows[2], strict=True))
+    assert (g2["optimizer.lr"], g2["model"], g2["n"], g2["seeds"]) == ("0.01", "MLP", "3", "0 1 2")
+    assert float(g2["test_acc_mean"]) == pytest.approx(statistics.mean([0.81, 0.80, 0.83]))
+
+
+def test_seeds_are_ordered_by_number(tmp_path):
+    for seed, acc in ((10, 0.80), (2, 0.81), (1, 0.82)):
+        fake_run(tmp_path / "s" / f"seed{seed}", "MLP", 0.1, [acc], seed=seed)
+    text = report([tmp_path / "s"], tmp_path / "out")
+    with open(tmp_path / "out" / "groups.csv", newline="") as f:
+        assert next(csv.DictReader(f))["seeds"] == "1 2 10"
+    assert "| 3 | 1 2 10 |" in text
 
 
 def test_each_runs_most_confused_pairs_side_by_side_and_in_a_figure(sweep, tmp_path):
