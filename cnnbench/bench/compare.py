@@ -16,7 +16,7 @@ from cnnbench.bench.loops import (
     run_engine,
 )
 from cnnbench.bench.measure import PeakMemory, matmul_peak_flops
-from cnnbench.build import PRECISIONS
+from cnnbench.build import PRECISIONS, precision_for
 from cnnbench.config import class_name, image_size
 from cnnbench.distributed import resolve_device
 
@@ -77,7 +77,7 @@ def peak_for(cfg: DictConfig, device: torch.device, peaks: dict) -> float:
     """The matmul peak in the run's compute dtype (autocast's, else float32 at the run's
     matmul precision), measured once per kind: bf16 work against a float32 peak could pass
     100%."""
-    dtype = PRECISIONS[str(cfg.trainer.precision)]
+    dtype = PRECISIONS[precision_for(cfg.trainer.precision, device)]
     key = (dtype, cfg.trainer.matmul_precision)
     if key not in peaks:
         torch.set_float32_matmul_precision(cfg.trainer.matmul_precision)
