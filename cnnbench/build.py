@@ -23,6 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 from cnnbench import cores, data, distributed
 from cnnbench.config import MODEL_INPUT_KEYS, image_size, model_name
 from cnnbench.errors import ConfigError
+from cnnbench.eval import with_tta
 
 # trainer.precision -> the dtype autocast computes in (None: no autocast); auto is resolved
 # by the device (precision_for)
@@ -229,6 +230,7 @@ class Engine:
     forward: nn.Module
     autocast: torch.autocast
     scaler: torch.amp.GradScaler
+    evaluate: nn.Module  # forward, or its test-time augmentation (trainer.tta)
 
 
 def build_engine(cfg: DictConfig, model: nn.Module, device: torch.device) -> Engine:
@@ -249,7 +251,7 @@ def build_engine(cfg: DictConfig, model: nn.Module, device: torch.device) -> Eng
     dtype = PRECISIONS[precision_for(cfg.trainer.precision, device)]
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    return Engine(forward, autocast, scaler)
+    return Engine(forward, autocast, scaler, with_tta(forward, cfg.trainer.tta))
 
 
 def tune_backend(

@@ -188,6 +188,11 @@ RULES: dict[str, tuple[Callable[[object], bool], str, str]] = {
         "trainer.matmul_precision=high",
     ),
     "trainer.channels_last": (_bool, "true or false", "trainer.channels_last=true"),
+    "trainer.tta": (
+        lambda v: v in ("none", "flip", "translate", "flip_translate"),
+        "one of none, flip, translate, flip_translate",
+        "trainer.tta=flip_translate",
+    ),
     "trainer.threads": (
         _or_none(_int_at_least(1)),
         "null (the cores, shared with the runs beside it) or an integer >= 1",

@@ -117,6 +117,6 @@ def busy_note(threads: int) -> str | None:
     )
     return (
         f"this machine is busy: the 1-minute load average is {load:.1f} on {cores} cores, so "
-        f"other processes share the cores with this run's {threads} threads and it will be "
-        f"slower and its timings noisy; {fix}"
+        f"other processes share the cores with this run's {threads} thread"
+        f"{'s' * (threads != 1)}, and it will be slower and its timings noisy; {fix}"
     )

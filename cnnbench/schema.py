@@ -64,6 +64,10 @@ class TrainerConfig:
     # intra-op CPU threads; null: the usable cores, shared with the processes that run
     # together (joblib's n_jobs, torchrun's processes, other cnnbench runs; cnnbench/cores.py)
     threads: int | None = None
+    # test-time augmentation of the evaluation after the last epoch (the run's test_acc): none,
+    # flip, translate or flip_translate; the logits of each image are averaged over its mirror
+    # and its one-pixel shifts (eval.TestTimeAugmentation). Earlier epochs evaluate plainly.
+    tta: str = "none"
 
 
 def register() -> None:

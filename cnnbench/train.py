@@ -130,7 +130,7 @@ def train(
                     log.diverged(train_loss, diverged_at, epoch, cfg.optimizer.lr)
                     break
 
-                figures = evaluate_all(engine, loaders, len(spec.classes))
+                figures = evaluate_all(engine, loaders, len(spec.classes), last=epoch == epochs)
                 best_test = max([r["test_acc"] for r in state.history] + [figures["test_acc"]])
                 row = dict(epoch=epoch, step=state.step, lr=lr, train_loss=train_loss,
                            train_acc=train_acc, test_loss=figures["test_loss"],
@@ -154,11 +154,14 @@ def train(
             precision=precision_for(t.precision, device))  # fmt: skip
 
 
-def evaluate_all(engine: Engine, loaders: Loaders, classes: int) -> dict:
-    """Test (and validation) loss and accuracy, as the run computes (autocast included)."""
+def evaluate_all(engine: Engine, loaders: Loaders, classes: int, last: bool = True) -> dict:
+    """Test (and validation) loss and accuracy, as the run computes (autocast included); the
+    `last` evaluation of a run with trainer.tta averages over the views (once: it costs a
+    forward pass per view, as airbench evaluates only at its end)."""
+    forward = engine.evaluate if last else engine.forward
     with engine.autocast:
-        test = evaluate(engine.forward, loaders.test, classes)
-        val = evaluate(engine.forward, loaders.val, classes) if loaders.val else None
+        test = evaluate(forward, loaders.test, classes)
+        val = evaluate(forward, loaders.val, classes) if loaders.val else None
     return dict(test_loss=test.loss, test_acc=test.acc,
                 val_loss=val.loss if val else None, val_acc=val.acc if val else None)  # fmt: skip
 
