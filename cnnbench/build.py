@@ -19,14 +19,32 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.flop_counter import FlopCounterMode
 
-from cnnbench import data, distributed
+from cnnbench import cores, data, distributed
 from cnnbench.config import MODEL_BUILD_KEYS, image_size, model_name
 from cnnbench.errors import ConfigError
+from cnnbench.eval import with_tta
 
-# trainer.precision -> the dtype autocast computes in (None: no autocast)
+# trainer.precision -> the dtype autocast computes in (None: no autocast); auto is resolved
+# by the device (precision_for)
 PRECISIONS = {"32": None, "bf16": torch.bfloat16, "16-mixed": torch.float16}
+
+
+def has_bf16_units(device: torch.device) -> bool:
+    """Whether the device computes bfloat16 in hardware: a CUDA GPU that supports it (Ampere
+    and later), a CPU with AVX-512 BF16 or AMX. Elsewhere bfloat16 is emulated, and slow."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    if device.type == "cpu":
+        return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    return False
+
+
+def precision_for(precision: str, device: torch.device) -> str:
+    """trainer.precision as run: auto is bf16 on a device with bfloat16 units, else 32."""
+    if str(precision) != "auto":
+        return str(precision)
+    return "bf16" if has_bf16_units(device) else "32"
 
 
 @contextmanager
@@ -82,25 +100,43 @@ def init_weights(model: nn.Module, scheme: str) -> None:
 
 
 def forward_flops(model: nn.Module, input_shape: tuple[int, int, int]) -> int:
-    """FLOPs of one image's forward pass (convolutions and matrix products, a multiply-add
-    counts 2)."""
+    """FLOPs of one image's forward pass: its convolutions and matrix products, a
+    multiply-add counting 2, as torch's FlopCounterMode counts them. Counted by hooks on the
+    Conv2d and Linear layers: FlopCounterMode's first use imports torch's compiler, 2.7 s of
+    a run's start-up here."""
     device = next(model.parameters()).device
+    total = 0
+
+    def count(layer: nn.Module, inputs: tuple, out: torch.Tensor) -> None:
+        nonlocal total
+        per_output = layer.weight[0].numel()  # in_channels / groups x kernel, or in_features
+        total += 2 * out.numel() * per_output
+
+    layers = [m for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+    hooks = [m.register_forward_hook(count) for m in layers]
     was_training = model.training
     model.eval()
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(torch.zeros(1, *input_shape, device=device))
-    model.train(was_training)
-    return counter.get_total_flops()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, *input_shape, device=device))
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    return total
 
 
-def describe(cfg: DictConfig, model: nn.Module, loaders: Loaders, device: torch.device) -> str:
-    """The run's start line."""
+def describe(
+    cfg: DictConfig, model: nn.Module, loaders: Loaders, device: torch.device, threads: tuple
+) -> str:
+    """The run's start line; `threads`: (count, why) from tune_backend."""
     spec, size = data.SPECS[cfg.dataset.name], image_size(cfg)
     params = sum(p.numel() for p in model.parameters())
     return (
         f"{model_name(cfg)} on {spec.title} ({loaders.train.num_samples} train / "
         f"{loaders.test.num_samples} test images at {size}x{size}), {params:,} parameters, "
-        f"device {device}"
+        f"device {device}, {precision_for(cfg.trainer.precision, device)} precision, "
+        f"{threads[0]} thread{'s' * (threads[0] != 1)} ({threads[1]})"
     )
 
 
@@ -174,7 +210,9 @@ def build_optimizer(
     """With float16 on a GPU the update is fused unless optimizer.fused says otherwise: the
     gradient scaler's step then skips its host sync (it reads found_inf on the device)."""
     fused = {}
-    float16_on_gpu = str(cfg.trainer.precision) == "16-mixed" and device is not None
+    float16_on_gpu = device is not None and precision_for(cfg.trainer.precision, device) == (
+        "16-mixed"
+    )
     if float16_on_gpu and device.type == "cuda" and cfg.optimizer.get("fused", False) is None:
         fused = {"fused": True}
     with blame("optimizer", cfg.optimizer):
@@ -210,6 +248,7 @@ class Engine:
     forward: nn.Module
     autocast: torch.autocast
     scaler: torch.amp.GradScaler
+    evaluate: nn.Module  # forward, or its test-time augmentation (trainer.tta)
 
 
 def build_engine(cfg: DictConfig, model: nn.Module, device: torch.device) -> Engine:
@@ -227,26 +266,37 @@ def build_engine(cfg: DictConfig, model: nn.Module, device: torch.device) -> Eng
         )
     # static shapes: a run has few (the last, smaller batch; evaluation), each compiled once
     forward = torch.compile(forward, dynamic=False) if cfg.trainer.compile else forward
-    dtype = PRECISIONS[str(cfg.trainer.precision)]
+    dtype = PRECISIONS[precision_for(cfg.trainer.precision, device)]
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    return Engine(forward, autocast, scaler)
+    return Engine(forward, autocast, scaler, with_tta(forward, cfg.trainer.tta))
 
 
 def tune_backend(
-    device: torch.device, deterministic: bool = False, matmul_precision: str = "highest"
-) -> None:
+    device: torch.device,
+    deterministic: bool = False,
+    matmul_precision: str = "highest",
+    threads: int | None = None,
+) -> tuple[int, str]:
     """trainer.deterministic: kernels that give the same bits on every run, so that a run
     resumed on its GPU ends as it would have (on the CPU they do already). cuBLAS needs a
-    fixed workspace for that, set before its first call."""
+    fixed workspace for that, set before its first call. `threads`: trainer.threads (None:
+    the cores shared with the processes that run together, cores.plan). Returns the thread
+    count and why."""
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(deterministic)
+    # only when it changes: the call imports torch._inductor (1.4 s of start-up here)
+    if torch.are_deterministic_algorithms_enabled() != deterministic:
+        torch.use_deterministic_algorithms(deterministic)
+    count, why = cores.plan(threads)
+    if torch.get_num_threads() != count:
+        torch.set_num_threads(count)
     torch.set_float32_matmul_precision(matmul_precision)
     # else the fastest convolution algorithms for these fixed shapes, measured once
     torch.backends.cudnn.benchmark = device.type == "cuda" and not deterministic
     if device.type != "cuda":
         keep_freed_memory()
+    return count, why
 
 
 class GlobalAvgPool(nn.Module):

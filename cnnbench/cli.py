@@ -28,6 +28,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from cnnbench import cores
 from cnnbench.atomic import write_text
 from cnnbench.config import (
     CONFIG_DIR,
@@ -40,6 +41,7 @@ from cnnbench.errors import USER_ERRORS, ConfigError, WriteError, fail
 from cnnbench.report import ReportError, find_runs
 from cnnbench.rundir import check_writable, claim, launched
 from cnnbench.runs import objective, read_results
+from cnnbench.startup import PHASES
 
 log = logging.getLogger("cnnbench.train")
 
@@ -141,10 +143,14 @@ def check_run_dir(overrides: list[Override]) -> None:
 def main() -> None:
     """The console entry point. Under torchrun, the processes then join up (so that they
     agree on the run directory), and only rank 0 writes Hydra's files and logs."""
+    PHASES.mark("python_and_cli_imports")  # from the process's start
+    cores.quiet_openmp()  # before torch (and its OpenMP) is imported
+    cores.register()  # other runs started now share the cores with this one
     flags = get_args_parser().parse_args()  # Hydra's own, as hydra_main() will parse them
     if checked_before_hydra(flags):
         check_overrides(flags.overrides, flags.multirun)
     check_run_dir(parse(flags.overrides))
+    PHASES.mark("checks")
     if not launched():
         hydra_main()
         return
@@ -166,9 +172,12 @@ def main() -> None:
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
 def hydra_main(cfg: DictConfig) -> float:
     """One run (or one job of a sweep). Returns what a sweeper maximises."""
+    PHASES.mark("hydra")  # Hydra's compose, its run directory and logging
     hydra_cfg = HydraConfig.get()
     out_dir = Path(hydra_cfg.runtime.output_dir)
     sweep = hydra_cfg.mode == RunMode.MULTIRUN
+    if "joblib" in str(hydra_cfg.launcher.get("_target_", "")).lower():
+        os.environ["CNNBENCH_JOBS"] = str(joblib_jobs(hydra_cfg.launcher.n_jobs))
     searching = "optuna" in str(hydra_cfg.sweeper.get("_target_", "")).lower()
     if searching and not cfg.dataset.val_size:  # the same for every trial: the search stops
         fail(
@@ -197,6 +206,7 @@ def run(cfg: DictConfig, out_dir: Path, sweep: bool) -> dict:
     from cnnbench import checkpoint
     from cnnbench.train import train  # torch is imported here, where training starts
 
+    PHASES.mark("import_torch")
     resume = to_resume(cfg.trainer.resume, out_dir)
     if sweep and cfg.trainer.resume is None and (out_dir / "last.pt").is_file():
         resume = out_dir / "last.pt"  # the same sweep run again: this job goes on
@@ -206,6 +216,14 @@ def run(cfg: DictConfig, out_dir: Path, sweep: bool) -> dict:
         tell(f"already finished: test accuracy {results['test_acc']:.4f} - {out_dir}")
         return results
     return train(cfg, out_dir, resume, restart=sweep)
+
+
+def joblib_jobs(n_jobs: int | None) -> int:
+    """The jobs joblib runs at once: n_jobs, where -1 is every core, -2 all but one, ..."""
+    cores_ = cores.usable_cores()
+    if n_jobs is None or n_jobs == 0:
+        return 1
+    return n_jobs if n_jobs > 0 else max(1, cores_ + 1 + n_jobs)
 
 
 def to_resume(setting: str | None, out_dir: Path) -> Path | None:

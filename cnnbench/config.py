@@ -34,7 +34,7 @@ CONFIG_DIR = next(
 
 GROUPS = ("model", "dataset", "optimizer", "scheduler", "trainer")
 # trainer.precision: autocast's dtype is chosen where training starts (build.PRECISIONS)
-PRECISION_NAMES = ("32", "bf16", "16-mixed")
+PRECISION_NAMES = ("32", "bf16", "16-mixed", "auto")
 # model keys read by cnnbench, not passed to the model's constructor
 MODEL_INPUT_KEYS = ("min_size", "input_size")
 # how the weights start (build.init_weights): PyTorch's own, or a scheme applied over it
@@ -197,6 +197,16 @@ RULES: dict[str, tuple[Callable[[object], bool], str, str]] = {
         "trainer.matmul_precision=high",
     ),
     "trainer.channels_last": (_bool, "true or false", "trainer.channels_last=true"),
+    "trainer.tta": (
+        lambda v: v in ("none", "flip", "translate", "flip_translate"),
+        "one of none, flip, translate, flip_translate",
+        "trainer.tta=flip_translate",
+    ),
+    "trainer.threads": (
+        _or_none(_int_at_least(1)),
+        "null (the cores, shared with the runs beside it) or an integer >= 1",
+        "trainer.threads=1",
+    ),
     "trainer.limit_test_batches": (
         _or_none(_int_at_least(1)),
         "null or an integer >= 1",

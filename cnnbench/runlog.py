@@ -18,8 +18,6 @@ from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
-from torch.utils.tensorboard import SummaryWriter
-from torch.utils.tensorboard.summary import hparams
 from tqdm import tqdm
 
 from cnnbench import __version__, distributed
@@ -30,9 +28,30 @@ from cnnbench.datasets import SPECS
 from cnnbench.errors import WriteError
 from cnnbench.runs import CONFUSION_FILE, confusion_csv, flatten
 from cnnbench.signals import Interrupted
+from cnnbench.startup import PHASES
 from cnnbench.state import TrainState
 
 log = logging.getLogger("cnnbench.train")
+
+
+@contextmanager
+def without_modules(*names: str) -> Iterator[None]:
+    """Imports of `names` fail inside the block (unless they were imported before), and work
+    again after it."""
+    blocked = [n for n in names if n not in sys.modules]
+    sys.modules.update(dict.fromkeys(blocked))
+    try:
+        yield
+    finally:
+        for name in blocked:
+            del sys.modules[name]
+
+
+# TensorBoard's file layer imports boto3 and fsspec when they are installed, for s3:// and
+# other remote log folders. A run logs to a local folder; the two took 0.25 s of start-up here.
+with without_modules("botocore", "boto3", "fsspec"):
+    from torch.utils.tensorboard import SummaryWriter
+    from torch.utils.tensorboard.summary import hparams
 
 # metrics.csv column -> TensorBoard tag, once per epoch (train/loss and lr follow the log cadence)
 EPOCH_SCALARS = {
@@ -124,10 +143,15 @@ class RunLog:
             self.writer.add_text("config", "    " + text.replace("\n", "\n    "))
             self.writer.file_writer.add_summary(hparams_summaries(self.config)[0])
         write_metrics(self.out_dir / "metrics.csv", state.history)
+        PHASES.mark("writer")  # TensorBoard (its import included) and metrics.csv
 
     def say(self, line: str | None) -> None:
         if line and self.main:
             log.info(line)
+
+    def warn(self, line: str | None) -> None:
+        if line and self.main:
+            log.warning(line)
 
     def untrained(self, figures: dict) -> None:
         """trainer.epochs=0: what the untrained model does, at step 0."""
@@ -151,6 +175,8 @@ class RunLog:
         next_line = time.monotonic() + PROGRESS_EVERY_S
         try:
             for batch in bar:
+                if "first_batch" not in PHASES.seconds:  # the start lines, the first batch
+                    PHASES.mark("first_batch")
                 yield batch
                 if quiet and time.monotonic() >= next_line:
                     next_line = time.monotonic() + PROGRESS_EVERY_S
@@ -242,6 +268,8 @@ class RunLog:
             "train_images_per_s": rate,
             "train_s": sum(r["epoch_s"] for r in history),
             "wall_s": state.run_s(),
+            # from the process's start (or train()'s call) to the first training step
+            "startup": PHASES.summary(),
             "world_size": distributed.world_size(),
             "torch_version": torch.__version__,
             "cnnbench_version": __version__,
@@ -257,6 +285,7 @@ class RunLog:
                 table = confusion_csv(confusion.tolist(), classes)
                 write_text(self.out_dir / CONFUSION_FILE, table)
             write_json(self.out_dir / "results.json", results)
+        PHASES.restart()  # a sweep's next job in this process counts from here
         return results
 
     @contextmanager

@@ -20,6 +20,7 @@ from omegaconf.errors import OmegaConfBaseException
 NOT_IDENTITY = (
     "trainer.resume",
     "trainer.device",
+    "trainer.threads",
     "trainer.log_every_n_steps",
     "dataset.root",
     "dataset.cache_dir",
@@ -39,7 +40,8 @@ def flatten(tree: dict, prefix: str = "") -> dict:
 
 
 # settings added since the first release, and what a run saved before them had
-ADDED_SETTINGS = {"trainer.deterministic": False, "trainer.matmul_precision": "highest"}
+ADDED_SETTINGS = {"trainer.deterministic": False, "trainer.matmul_precision": "highest",
+                  "trainer.threads": None, "trainer.tta": "none"}  # fmt: skip
 
 
 def run_identity(cfg: dict) -> dict:

@@ -49,8 +49,9 @@ class TrainerConfig:
     # continue a stopped run in its own directory: a run directory, a checkpoint (.pt), or auto
     # (the newest run under outputs/ with the same config; none: a new run)
     resume: str | None = None
-    # 32, bf16 or 16-mixed: autocast to bfloat16 or float16 (float16 with a gradient scaler);
-    # made for CUDA, runs on the CPU too (docs/performance.md says what each buys)
+    # 32, bf16, 16-mixed or auto: autocast to bfloat16 or float16 (float16 with a gradient
+    # scaler); auto is bf16 on CUDA GPUs and CPUs with bfloat16 units, else 32
+    # (docs/performance.md says what each buys)
     precision: str = "32"
     compile: bool = False  # torch.compile the model; the first steps pay for compiling
     # the same bits on every run and resume on a GPU too: deterministic kernels (slower), no
@@ -60,6 +61,13 @@ class TrainerConfig:
     # Ampere and later GPUs, as convolutions already use) or medium (bfloat16 passes)
     matmul_precision: str = "highest"
     channels_last: bool = False  # channels-last (NHWC) layout for the model and its batches
+    # intra-op CPU threads; null: the usable cores, shared with the processes that run
+    # together (joblib's n_jobs, torchrun's processes, other cnnbench runs; cnnbench/cores.py)
+    threads: int | None = None
+    # test-time augmentation of the evaluation after the last epoch (the run's test_acc): none,
+    # flip, translate or flip_translate; the logits of each image are averaged over its mirror
+    # and its one-pixel shifts (eval.TestTimeAugmentation). Earlier epochs evaluate plainly.
+    tta: str = "none"
 
 
 def register() -> None:

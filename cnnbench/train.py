@@ -18,7 +18,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 from torch import nn
 
-from cnnbench import checkpoint, data, distributed
+from cnnbench import checkpoint, cores, data, distributed
 from cnnbench.build import (
     Engine,
     Loaders,
@@ -29,6 +29,7 @@ from cnnbench.build import (
     build_scheduler,
     describe,
     forward_flops,
+    precision_for,
     tune_backend,
 )
 from cnnbench.config import image_size, resolved, validate
@@ -37,6 +38,7 @@ from cnnbench.rundir import claim
 from cnnbench.runlog import RunLog
 from cnnbench.seeding import seed_everything
 from cnnbench.signals import Interrupted, StopSignals
+from cnnbench.startup import PHASES
 from cnnbench.state import Trainables, TrainState
 
 __all__ = ["Interrupted", "train"]
@@ -49,20 +51,27 @@ def train(
     return the results. With `resume`, continue the run that checkpoint stopped; with
     `restart`, start afresh in a directory a run without a checkpoint left behind."""
     start = time.perf_counter()
+    PHASES.enter_run()
     validate(cfg)
     device = distributed.run_device(cfg.trainer.device)
-    tune_backend(device, cfg.trainer.deterministic, cfg.trainer.matmul_precision)
+    t = cfg.trainer
+    threads = tune_backend(device, t.deterministic, t.matmul_precision, t.threads)
     config, spec, size = resolved(cfg), data.SPECS[cfg.dataset.name], image_size(cfg)
     ckpt = checkpoint.load_for_resume(resume, config, size) if resume else None
     restarted = not ckpt and distributed.main_first(lambda: claim(out_dir, restart), others=False)
     log = RunLog(out_dir, config)
+    PHASES.mark("setup")  # validation, the device and its threads, the run directory
     with log.records_failure():
         seed_everything(cfg.trainer.seed)
         loaders = build_loaders(cfg, device)
+        PHASES.mark("data")
         model = build_model(cfg, device)
+        PHASES.mark("model")
         flops = forward_flops(model, (spec.channels, size, size))
+        PHASES.mark("flops")
         engine = build_engine(cfg, model, device)
         optimizer = build_optimizer(cfg, model, device)
+        PHASES.mark("engine_and_optimizer")  # torch.optim's first use imports torch._dynamo
         steps = max(1, cfg.trainer.epochs * len(loaders.train))
         scheduler = build_scheduler(cfg, optimizer, steps)
         loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.trainer.label_smoothing)
@@ -73,7 +82,8 @@ def train(
             state.restore(ckpt, resume)
         distributed.seed_rank(cfg.trainer.seed, state.step)
         log.open(state, resumed=bool(ckpt), restarted=restarted, num_classes=len(spec.classes))
-        log.say(describe(cfg, model, loaders, device))
+        log.say(describe(cfg, model, loaders, device, threads))
+        log.warn(cores.busy_note(threads[0]))
         log.say(distributed.describe(device, cfg.dataset.batch_size))
         if ckpt:
             log.say(f"resuming {resume} at step {state.step} (epoch {state.epochs_done + 1}, "
@@ -120,7 +130,7 @@ def train(
                     log.diverged(train_loss, diverged_at, epoch, cfg.optimizer.lr)
                     break
 
-                figures = evaluate_all(engine, loaders, len(spec.classes))
+                figures = evaluate_all(engine, loaders, len(spec.classes), last=epoch == epochs)
                 best_test = max([r["test_acc"] for r in state.history] + [figures["test_acc"]])
                 row = dict(epoch=epoch, step=state.step, lr=lr, train_loss=train_loss,
                            train_acc=train_acc, test_loss=figures["test_loss"],
@@ -140,15 +150,19 @@ def train(
             log.train_point(state.window_loss(), lr, loaders.train)
         return log.results(state, status, diverged_at=diverged_at, **figures, params=sum(
             p.numel() for p in model.parameters()), flops_per_image=flops, device=str(device),
-            resumed=bool(ckpt))  # fmt: skip
+            resumed=bool(ckpt), threads=threads[0],
+            precision=precision_for(t.precision, device))  # fmt: skip
 
 
-def evaluate_all(engine: Engine, loaders: Loaders, classes: int) -> dict:
+def evaluate_all(engine: Engine, loaders: Loaders, classes: int, last: bool = True) -> dict:
     """Test (and validation) loss and accuracy, as the run computes (autocast included), and
-    the test confusion matrix (RunLog.results writes the last one)."""
+    the test confusion matrix (RunLog.results writes the last one). The `last` evaluation of
+    a run with trainer.tta averages over the views (once: it costs a forward pass per view,
+    as airbench evaluates only at its end)."""
+    forward = engine.evaluate if last else engine.forward
     with engine.autocast:
-        test = evaluate(engine.forward, loaders.test, classes)
-        val = evaluate(engine.forward, loaders.val, classes) if loaders.val else None
+        test = evaluate(forward, loaders.test, classes)
+        val = evaluate(forward, loaders.val, classes) if loaders.val else None
     return dict(test_loss=test.loss, test_acc=test.acc, test_confusion=test.confusion,
                 val_loss=val.loss if val else None, val_acc=val.acc if val else None)  # fmt: skip
 

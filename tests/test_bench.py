@@ -1,6 +1,7 @@
 """python -m cnnbench.bench: what it runs and what it writes (no timing is checked)."""
 
 import json
+import sys
 
 import pytest
 import torch
@@ -45,7 +46,7 @@ def overrides(data_root, cache_dir) -> list[str]:
 def test_quick_run_prints_a_row_per_model_and_writes_json(tmp_path, data_root, cache_dir):
     out = tmp_path / "bench.json"
     proc = run_cli(
-        "--quick", "--json", str(out), *overrides(data_root, cache_dir),
+        "--quick", "--no-process", "--json", str(out), *overrides(data_root, cache_dir),
         cwd=tmp_path, module="cnnbench.bench",
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
@@ -168,3 +169,24 @@ def test_the_peak_is_measured_in_the_runs_compute_dtype(make_cfg, monkeypatch):
         compare.peak_for(make_cfg(f"trainer.precision={precision}"), cpu, peaks)
     assert asked == [torch.bfloat16, torch.float16, None]  # once per compute dtype
     torch.set_float32_matmul_precision("highest")
+
+
+@pytest.mark.slow
+def test_the_textbook_program_trains_lenet5_alone(data_root):
+    from cnnbench.bench import process
+
+    wall, out = process.timed([sys.executable, str(process.TEXTBOOK), "--root", str(data_root),
+                               "--epochs", "1", "--limit-batches", "2"])  # fmt: skip
+    result = json.loads(out.strip().splitlines()[-1])
+    assert wall > 0 and len(result["epochs"]) == 1 and 0 <= result["test_acc"] <= 1
+
+
+@pytest.mark.slow
+def test_startup_is_measured_against_import_torch(data_root, cache_dir):
+    from cnnbench.bench import process
+
+    common = [o for o in overrides(data_root, cache_dir) if not o.startswith("trainer.device")]
+    s = process.startup(common, repeats=1)
+    assert s["import_torch_s"] > 0 and s["torch_first_step_s"] > 0
+    assert s["cnnbench_first_step_s"] == s["phases_s"]["total_s"] > 0
+    assert {"import_torch_s", "data_s", "model_s", "writer_s"} <= set(s["phases_s"])

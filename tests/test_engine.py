@@ -11,9 +11,10 @@ import torch
 from hydra.utils import instantiate
 
 import cnnbench.train
-from cnnbench import checkpoint, data
+from cnnbench import build, checkpoint, data
 from cnnbench.build import build_model, keep_freed_memory
 from cnnbench.config import ConfigError
+from cnnbench.eval import with_tta
 from cnnbench.seeding import seed_everything
 from cnnbench.train import Interrupted, train
 from tests.test_checkpoint import signal_at_step
@@ -307,3 +308,75 @@ def test_the_float32_matmul_precision_is_a_setting(make_cfg, tmp_path):
         torch.set_float32_matmul_precision("highest")
     with pytest.raises(ConfigError, match=r"trainer.matmul_precision='tf32' is not allowed"):
         train(make_cfg("trainer.matmul_precision=tf32"), tmp_path / "bad")
+
+
+def test_a_run_records_its_threads_precision_and_startup(make_cfg, tmp_path):
+    results = train(make_cfg("model=mlp", "trainer.threads=1"), tmp_path)
+    assert results["threads"] == 1 and results["precision"] == "32"
+    phases = results["startup"]
+    for key in ("setup_s", "data_s", "model_s", "flops_s", "writer_s", "first_batch_s"):
+        assert phases[key] >= 0, key
+    assert phases["total_s"] == pytest.approx(sum(v for k, v in phases.items()
+                                                  if k != "total_s"), abs=0.02)  # fmt: skip
+
+
+@pytest.mark.parametrize("units,expected", [(True, "bf16"), (False, "32")])
+def test_auto_precision_follows_the_bf16_units(monkeypatch, units, expected):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: units)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert build.precision_for("auto", torch.device("cpu")) == expected
+    assert build.precision_for("32", torch.device("cpu")) == "32"
+
+
+def test_auto_precision_trains(make_cfg, tmp_path):
+    results = train(make_cfg("model=mlp", "trainer.precision=auto"), tmp_path)
+    assert results["status"] == "ok"
+    assert results["precision"] == build.precision_for("auto", torch.device("cpu"))
+
+
+@pytest.mark.parametrize("model", ["lenet", "resnet_mini", "googlenet_mini"])
+def test_flops_by_hooks_match_the_flop_counter(make_cfg, model):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    cfg = make_cfg(f"model={model}")
+    net = build.build_model(cfg, torch.device("cpu"))
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        net(torch.zeros(1, 1, 28, 28))
+    assert build.forward_flops(net, (1, 28, 28)) == counter.get_total_flops()
+
+
+class Mirror(torch.nn.Module):
+    """Logits that tell the views apart: the mean of the left and of the top half."""
+
+    def forward(self, x):
+        w = x.shape[-1]
+        return torch.stack(
+            [x[..., : w // 2].mean((1, 2, 3)), x[..., : w // 2, :].mean((1, 2, 3))], 1
+        )
+
+
+def test_tta_averages_the_views():
+    x = torch.rand(3, 1, 8, 8)
+    net = Mirror()
+    assert with_tta(net, "none") is net
+    flip = with_tta(net, "flip")(x)
+    torch.testing.assert_close(flip, 0.5 * (net(x) + net(x.flip(3))))
+    padded = torch.nn.functional.pad(x, (1, 1, 1, 1), mode="replicate")
+    up, down = padded[:, :, :-2, :-2], padded[:, :, 2:, 2:]
+    expected = 0.5 * net(x) + 0.25 * (net(up) + net(down))
+    torch.testing.assert_close(with_tta(net, "translate")(x), expected)
+    both = with_tta(net, "flip_translate")(x.contiguous(memory_format=torch.channels_last))
+    assert both.shape == (3, 2)
+
+
+def test_a_run_evaluates_with_tta(make_cfg, tmp_path):
+    plain = train(make_cfg("model=lenet", "trainer.epochs=1"), tmp_path / "plain")
+    tta = train(make_cfg("model=lenet", "trainer.epochs=1", "trainer.tta=flip_translate",
+                         "trainer.channels_last=true"), tmp_path / "tta")  # fmt: skip
+    assert tta["status"] == "ok"
+    assert tta["test_loss"] != plain["test_loss"]  # other logits: the views were averaged
+
+
+def test_bad_tta_is_a_config_error(make_cfg, tmp_path):
+    with pytest.raises(ConfigError, match=r"trainer.tta='mirror'.*flip_translate"):
+        train(make_cfg("trainer.tta=mirror"), tmp_path)

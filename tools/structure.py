@@ -17,8 +17,8 @@ TRAIN_LIMIT = 110  # train() itself: about 100
 # the command line and what it needs before training starts; the report reads files only
 TORCH_FREE = {"cnnbench.cli", "cnnbench.config", "cnnbench.schema", "cnnbench.rundir",
               "cnnbench.runs", "cnnbench.errors", "cnnbench.atomic", "cnnbench.datasets",
-              "cnnbench.report", "cnnbench.toolargs", "cnnbench.images",
-              "cnnbench.stats", "cnnbench.recipes"}  # fmt: skip
+              "cnnbench.report", "cnnbench.toolargs", "cnnbench.images", "cnnbench.stats",
+              "cnnbench.recipes", "cnnbench.cores", "cnnbench.startup"}  # fmt: skip
 
 
 def modules() -> dict[str, ast.Module]:

@@ -33,7 +33,7 @@ from omegaconf import DictConfig
 
 from cnnbench import data
 from cnnbench.atomic import write_json
-from cnnbench.bench.compare import SWITCHES, ablation, bench_model
+from cnnbench.bench.compare import SWITCHES, ablation, bench_model, bf16_rows
 from cnnbench.bench.loops import (
     ABLATION_MODELS,
     DEFAULT_CASES,
@@ -51,6 +51,7 @@ from cnnbench.bench.loops import (
 )
 from cnnbench.bench.measure import machine, matmul_peak_flops
 from cnnbench.bench.table import COLUMNS, LEGEND, table_line, table_row
+from cnnbench.bench.whole import whole_process
 from cnnbench.distributed import resolve_device
 from cnnbench.errors import ConfigError, DataError, fail
 
@@ -80,6 +81,12 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="instead of the table, what each engine choice buys (per-step sync, "
         f"channels-last, bf16, compile, fused optimizer) on {ABLATION_MODELS}",
+    )
+    p.add_argument(
+        "--no-process",
+        action="store_true",
+        help="leave out the whole-process measurements (start-up, runs at once, the joblib "
+        "sweep, the textbook program, the fast recipes)",
     )
     p.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: trainer.device)")
     p.add_argument(
@@ -181,6 +188,9 @@ def main(argv: list[str] | None = None) -> dict:
                 "matmul_peak_flops_per_s": peak,
                 "records": table(cases, configs, peak),
             }
+            results["bf16"] = bf16_rows(cases, overrides, results["records"])
+            if not args.no_process:
+                results["process"] = whole_process(configs[0], overrides, args.quick)
         write_json(out, results)
     except (ConfigError, DataError) as err:
         fail("cnnbench.bench", err)

@@ -16,7 +16,7 @@ from cnnbench.bench.loops import (
     run_engine,
 )
 from cnnbench.bench.measure import PeakMemory, matmul_peak_flops
-from cnnbench.build import PRECISIONS
+from cnnbench.build import PRECISIONS, precision_for
 from cnnbench.config import class_name, image_size
 from cnnbench.distributed import resolve_device
 
@@ -77,7 +77,7 @@ def peak_for(cfg: DictConfig, device: torch.device, peaks: dict) -> float:
     """The matmul peak in the run's compute dtype (autocast's, else float32 at the run's
     matmul precision), measured once per kind: bf16 work against a float32 peak could pass
     100%."""
-    dtype = PRECISIONS[str(cfg.trainer.precision)]
+    dtype = PRECISIONS[precision_for(cfg.trainer.precision, device)]
     key = (dtype, cfg.trainer.matmul_precision)
     if key not in peaks:
         torch.set_float32_matmul_precision(cfg.trainer.matmul_precision)
@@ -127,3 +127,31 @@ def bench_model(case: Case, cfg: DictConfig, peaks: dict, textbook: dict) -> dic
         "matmul_peak_flops_per_s": peak_for(cfg, device, peaks),
         "cnnbench_peak_fraction": flops_per_s / peak_for(cfg, device, peaks),
     }
+
+
+# the models whose bf16 step the bench compares with the float32 textbook loop
+BF16_CASES = ("resnet@96", "alexnet")
+BF16_SWITCHES = ["trainer.precision=auto", "trainer.channels_last=true"]
+
+
+def bf16_rows(cases: list[Case], overrides: list[str], records: list[dict]) -> list[dict]:
+    """For ResNet-18 at 96 and AlexNet at 224 (when in the table): the engine with
+    trainer.precision=auto (bf16 where the device has bfloat16 units) and channels-last,
+    against the float32 textbook loop and the float32 engine of the same table row."""
+    rows = []
+    for case, record in zip(cases, records, strict=True):
+        if case.name not in BF16_CASES or "error" in record:
+            continue
+        cfg = compose_config(case, [*overrides, *BF16_SWITCHES])
+        device = resolve_device(cfg.trainer.device)
+        rate = run_engine(cfg, device, load_splits(cfg)[1])["cnnbench_train_images_per_s"]
+        row = {"model": case.name, "switches": BF16_SWITCHES,
+               "precision": precision_for(cfg.trainer.precision, device),
+               "images_per_s": rate,
+               "over_textbook_fp32": rate / record["textbook_train_images_per_s"],
+               "over_engine_fp32": rate / record["cnnbench_train_images_per_s"]}  # fmt: skip
+        rows.append(row)
+        print(f"{case.name:<14}  {' '.join(BF16_SWITCHES)} ({row['precision']}): {rate:,.1f} "
+              f"img/s, {row['over_textbook_fp32']:.2f}x the float32 textbook loop, "
+              f"{row['over_engine_fp32']:.2f}x the float32 engine", flush=True)  # fmt: skip
+    return rows

@@ -1,0 +1,70 @@
+"""The bench's whole-process section: what bench/process.py measures, printed as one line per
+figure and returned for the JSON. `quick` shrinks every measurement to a few batches (tests)."""
+
+from __future__ import annotations
+
+import os
+
+from omegaconf import DictConfig
+
+from cnnbench.bench.process import concurrency, recipe, startup, sweep, textbook_ratio
+
+
+def load() -> float | None:
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+
+
+def say(line: str) -> None:
+    print(line, flush=True)
+
+
+def whole_process(cfg: DictConfig, overrides: list[str], quick: bool) -> dict:
+    """Start-up, runs at once, the joblib sweep, the textbook program and the fast recipes."""
+    common = [o for o in overrides if not o.startswith("trainer.device=")]
+    root = str(cfg.dataset.root)
+    out: dict = {"load_average_1min_at_start": load()}
+    say(f"\nwhole processes (1-minute load average {out['load_average_1min_at_start']:.2f})")
+
+    s = out["startup"] = startup(common, repeats=1 if quick else 3)
+    phases = ", ".join(f"{k.removesuffix('_s')} {v:.2f}" for k, v in s["phases_s"].items())
+    say(f"start-up: first step at {s['cnnbench_first_step_s']:.2f} s; python -c 'import torch' "
+        f"{s['import_torch_s']:.2f} s (gap {s['gap_s']:.2f} s); import torch + one optimizer "
+        f"step {s['torch_first_step_s']:.2f} s\n  phases (s): {phases}")  # fmt: skip
+
+    c = out["concurrency"] = concurrency(common, batches=4 if quick else 120)
+    say(f"two LeNet-5 runs at once: {sum(c['two_images_per_s']):,.0f} img/s in all against "
+        f"{c['alone_images_per_s']:,.0f} alone: {c['two_total_over_alone']:.2f}x (before: "
+        f"{sum(c['before_two_images_per_s']):,.0f} against {c['before_alone_images_per_s']:,.0f}"
+        f", {c['before_two_total_over_alone']:.2f}x); alone now / before "
+        f"{c['alone_over_before']:.2f}x")  # fmt: skip
+
+    w = out["sweep"] = sweep(common, batches=4 if quick else 120)
+    say(f"2-job sweep: serially {w['serial_s']:.1f} s, joblib n_jobs=2 {w['joblib_2_jobs_s']:.1f}"
+        f" s: {w['serial_over_joblib']:.2f}x")  # fmt: skip
+
+    t = out["textbook"] = textbook_ratio(
+        root,
+        common,
+        epochs=1 if quick else 3,
+        pairs=1 if quick else 2,
+        batches=4 if quick else None,
+    )
+    pairs = "; ".join(
+        f"{p['textbook_s']:.1f} s against {p['cnnbench_s']:.1f} s" for p in t["pairs"]
+    )
+    say(f"seed 000's recipe, {t['epochs']} epochs, whole process, textbook against cnnbench: "
+        f"{pairs}; median {t['median_ratio']:.2f}x; the textbook's first epoch "
+        f"{t['textbook_epoch1_s']:.1f} s")  # fmt: skip
+
+    quick_limit = ["trainer.limit_train_batches=4", "trainer.limit_test_batches=1"]
+    recipes = [("fast_mnist", [0] if quick else [0, 1, 2])]
+    recipes += [] if quick else [("fast_fashion", [0, 1, 2])]
+    out["recipes"] = []
+    for name, seeds in recipes:
+        r = recipe(name, common, seeds, quick_limit if quick else [])
+        out["recipes"].append(r)
+        runs = "; ".join(f"seed {x['seed']}: {x['test_acc']:.4f} in {x['wall_s']:.1f} s"
+                         for x in r["runs"])  # fmt: skip
+        say(f"{name}: {runs}; median {r['median_test_acc']:.4f} in {r['median_wall_s']:.1f} s")
+    out["load_average_1min_at_end"] = load()
+    return out

@@ -1,0 +1,122 @@
+"""How many threads a run takes: the cores this process may use (`os.sched_getaffinity`),
+shared among the processes that run together on them. No torch here: the OpenMP settings
+must be in the environment before torch loads OpenMP, and the command line sets them first.
+
+Who shares the cores, in the order asked:
+
+1. `trainer.threads`, set by hand;
+2. the processes a launcher started together: joblib's `n_jobs` (the command line passes it
+   on as CNNBENCH_JOBS) and torchrun's processes on this machine (LOCAL_WORLD_SIZE);
+3. OMP_NUM_THREADS, when the user set it;
+4. the other cnnbench runs live on this machine: each `python -m cnnbench` puts its process
+   id in a folder of the temporary directory when it starts (before torch is imported), so
+   that two runs started together find each other and take half the cores each.
+
+Two processes that each take every core run slower together than one alone: an OpenMP
+parallel region waits at its barrier for a thread that the other process holds. OpenMP's
+waiting threads are told to sleep rather than spin (OMP_WAIT_POLICY=PASSIVE), so that an idle
+thread gives its core to the other process.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+
+REGISTRY = (
+    Path(tempfile.gettempdir()) / f"cnnbench-runs-{os.getuid() if hasattr(os, 'getuid') else 0}"
+)
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (a cgroup's or taskset's affinity mask counts)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
+def quiet_openmp() -> None:
+    """Idle OpenMP threads sleep instead of spinning against another process. Must run before
+    torch is imported; a value the user set is kept (OMP_WAIT_POLICY=active spins)."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def register() -> None:
+    """Mark this process as a running cnnbench run until it exits (idempotent)."""
+    mine = REGISTRY / str(os.getpid())
+    if mine.exists():
+        return
+    with contextlib.suppress(OSError):  # a read-only /tmp: runs just do not see each other
+        REGISTRY.mkdir(parents=True, exist_ok=True)
+        mine.write_text("")
+        atexit.register(lambda: mine.unlink(missing_ok=True))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process of that id
+        return True
+    return True
+
+
+def others_running() -> int:
+    """Other cnnbench runs alive now; the files of runs that died are removed."""
+    count = 0
+    with contextlib.suppress(OSError):
+        for entry in REGISTRY.iterdir():
+            if not entry.name.isdigit() or int(entry.name) == os.getpid():
+                continue
+            if _alive(int(entry.name)):
+                count += 1
+            else:
+                entry.unlink(missing_ok=True)
+    return count
+
+
+def launcher_jobs() -> int:
+    """The processes a launcher started together on this machine: joblib's n_jobs, torchrun's
+    local world size, else 1."""
+    jobs = int(os.environ.get("CNNBENCH_JOBS", "1"))
+    return max(1, jobs, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+
+
+def plan(threads: int | None) -> tuple[int, str]:
+    """(the intra-op thread count, why): see the module's docstring for the order."""
+    cores = usable_cores()
+    if threads is not None:
+        return threads, "trainer.threads"
+    jobs = launcher_jobs()
+    if jobs > 1:
+        return max(1, cores // jobs), f"{cores} cores shared by {jobs} processes"
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit():
+        return max(1, int(os.environ["OMP_NUM_THREADS"])), "OMP_NUM_THREADS"
+    runs = others_running() + 1
+    if runs > 1:
+        return max(1, cores // runs), f"{cores} cores shared by {runs} cnnbench runs"
+    return cores, f"{cores} cores"
+
+
+def busy_note(threads: int) -> str | None:
+    """A warning when the machine was busy before this run started: the 1-minute load average
+    above the cores, with what to do about it."""
+    if not hasattr(os, "getloadavg"):
+        return None
+    load, cores = os.getloadavg()[0], usable_cores()
+    if load <= cores:
+        return None
+    fix = (
+        "trainer.threads=1 takes one core and loses least to them"
+        if threads > 1
+        else "run it when they are done for full speed"
+    )
+    return (
+        f"this machine is busy: the 1-minute load average is {load:.1f} on {cores} cores, so "
+        f"other processes share the cores with this run's {threads} thread"
+        f"{'s' * (threads != 1)}, and it will be slower and its timings noisy; {fix}"
+    )

@@ -1,0 +1,65 @@
+"""Where the time goes between the start of the process and the first training step, phase by
+phase (results.json's `startup`). No torch here: the command line marks its phases before
+torch is imported.
+
+A phase is the time since the previous mark. The first mark of a process counts from the
+process's start, as the kernel recorded it (/proc), so that the interpreter's own start and
+the first imports are in it; a later run in the same process (a sweep's next job) counts
+from where its command line took over.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+
+def process_start() -> float:
+    """time.time() when this process started: its age from /proc/self/stat and /proc/uptime
+    (to the clock tick, 10 ms); elsewhere, when this module was imported."""
+    try:
+        with open("/proc/self/stat") as f:
+            started_ticks = int(f.read().rpartition(")")[2].split()[19])
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return time.time() - (uptime - started_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return _IMPORTED
+
+
+_IMPORTED = time.time()
+
+
+class Phases:
+    """Named spans of wall time, in the order they were marked."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self.last = process_start()
+
+    def restart(self) -> None:
+        """A new run in this process: its phases count from now."""
+        self.seconds, self.last = {}, time.time()
+
+    def enter_run(self) -> None:
+        """train() begins: a run the command line started goes on counting (it has marked
+        its phases); one called from Python (the bench, the tests) counts from here."""
+        if not self.seconds:
+            self.restart()
+
+    def mark(self, name: str) -> None:
+        now = time.time()
+        self.seconds[name] = self.seconds.get(name, 0.0) + now - self.last
+        self.last = now
+
+    def total(self) -> float:
+        return sum(self.seconds.values())
+
+    def summary(self) -> dict[str, float]:
+        """{phase: seconds, ..., "total_s": their sum}, rounded to the millisecond."""
+        out = {f"{name}_s": round(s, 3) for name, s in self.seconds.items()}
+        return out | {"total_s": round(self.total(), 3)}
+
+
+# the phases of this process's current run: the command line and train() both mark them
+PHASES = Phases()

@@ -1,0 +1,97 @@
+"""cores.py: how many threads a run takes; startup.py: the phases before the first step."""
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from cnnbench import cli, cores
+from cnnbench.startup import Phases, process_start
+
+
+@pytest.fixture
+def registry(tmp_path, monkeypatch):
+    monkeypatch.setattr(cores, "REGISTRY", tmp_path / "runs")
+    for var in ("CNNBENCH_JOBS", "LOCAL_WORLD_SIZE", "OMP_NUM_THREADS"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(cores, "usable_cores", lambda: 8)
+    return tmp_path / "runs"
+
+
+def test_alone_a_run_takes_every_core(registry):
+    assert cores.plan(None) == (8, "8 cores")
+
+
+def test_trainer_threads_wins(registry, monkeypatch):
+    monkeypatch.setenv("CNNBENCH_JOBS", "4")
+    assert cores.plan(3) == (3, "trainer.threads")
+
+
+def test_launcher_jobs_share_the_cores(registry, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # what joblib and torchrun set themselves
+    monkeypatch.setenv("CNNBENCH_JOBS", "2")
+    assert cores.plan(None)[0] == 4
+    monkeypatch.delenv("CNNBENCH_JOBS")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "3")
+    assert cores.plan(None)[0] == 2
+
+
+def test_omp_num_threads_is_kept(registry, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert cores.plan(None) == (2, "OMP_NUM_THREADS")
+
+
+def test_live_runs_share_the_cores_and_dead_ones_are_forgotten(registry):
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        cores.register()
+        (registry / str(child.pid)).write_text("")
+        dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True).stdout.strip()  # fmt: skip
+        (registry / dead).write_text("")
+        assert cores.others_running() == 1  # the child; not this process, not the dead one
+        assert not (registry / dead).exists()
+        assert cores.plan(None) == (4, "8 cores shared by 2 cnnbench runs")
+    finally:
+        child.kill()
+        child.wait()
+    assert cores.others_running() == 0
+
+
+def test_busy_machine_note(registry, monkeypatch):
+    monkeypatch.setattr(os, "getloadavg", lambda: (9.5, 1.0, 1.0))
+    note = cores.busy_note(8)
+    assert "load average is 9.5 on 8 cores" in note and "trainer.threads=1" in note
+    monkeypatch.setattr(os, "getloadavg", lambda: (2.0, 1.0, 1.0))
+    assert cores.busy_note(8) is None
+
+
+def test_wait_policy_keeps_what_the_user_set(monkeypatch):
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    cores.quiet_openmp()
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    cores.quiet_openmp()
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
+
+
+def test_joblib_jobs(monkeypatch):
+    monkeypatch.setattr(cores, "usable_cores", lambda: 8)
+    assert [cli.joblib_jobs(n) for n in (2, -1, -2, None)] == [2, 8, 7, 1]
+
+
+def test_phases_add_up():
+    assert process_start() <= time.time()
+    phases = Phases()
+    phases.restart()
+    phases.mark("a")
+    phases.mark("b")
+    phases.mark("a")
+    summary = phases.summary()
+    assert set(summary) == {"a_s", "b_s", "total_s"}
+    assert summary["total_s"] == pytest.approx(summary["a_s"] + summary["b_s"], abs=2e-3)
+    phases.restart()
+    phases.enter_run()  # nothing marked: counts from here
+    assert phases.seconds == {}
