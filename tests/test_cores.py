@@ -68,10 +68,24 @@ def test_busy_machine_note(registry, monkeypatch):
     assert cores.busy_note(8) is None
 
 
-def test_wait_policy_keeps_what_the_user_set(monkeypatch):
+@pytest.mark.parametrize("others,jobs,load,policy", [
+    (0, "1", 0.0, None),  # alone: OpenMP's default
+    (1, "1", 0.0, "PASSIVE"),  # another cnnbench run is live
+    (0, "2", 0.0, "PASSIVE"),  # joblib's two jobs
+    (0, "1", 9.0, "PASSIVE"),  # a busy machine
+])  # fmt: skip
+def test_threads_sleep_when_the_cores_are_shared(monkeypatch, others, jobs, load, policy):
+    monkeypatch.setattr(cores, "others_running", lambda: others)
+    monkeypatch.setenv("CNNBENCH_JOBS", jobs)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    monkeypatch.setattr(os, "getloadavg", lambda: (load, 0.0, 0.0))
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     cores.quiet_openmp()
-    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    assert os.environ.get("OMP_WAIT_POLICY") == policy
+
+
+def test_wait_policy_keeps_what_the_user_set(monkeypatch):
+    monkeypatch.setenv("CNNBENCH_JOBS", "2")
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
     cores.quiet_openmp()
     assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
