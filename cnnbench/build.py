@@ -23,7 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 from cnnbench import cores, data, distributed
 from cnnbench.config import MODEL_BUILD_KEYS, image_size, model_name
 from cnnbench.errors import ConfigError
-from cnnbench.eval import with_tta
+from cnnbench.tta import with_tta
 
 # trainer.precision -> the dtype autocast computes in (None: no autocast); auto is resolved
 # by the device (precision_for)

@@ -24,6 +24,7 @@ from torch import nn
 
 from cnnbench import checkpoint, data, distributed, runs, toolargs
 from cnnbench.atomic import write_text
+from cnnbench.build import build_model, device_loader
 from cnnbench.config import image_size, model_name, validate
 from cnnbench.errors import USER_ERRORS, ConfigError, fail
 
@@ -57,45 +58,6 @@ def evaluate(model: nn.Module, loader: data.DeviceLoader, num_classes: int) -> E
 
 
 # trainer.tta -> the views averaged at test time
-TTA_MODES = ("none", "flip", "translate", "flip_translate")
-
-
-class TestTimeAugmentation(nn.Module):
-    """The logits averaged over views of each image, as airbench evaluates: with `flip`, the
-    image and its mirror; with `translate`, half the weight on the image itself and half on
-    it shifted by one pixel up-left and down-right (edge pixels repeated). Use the views the
-    network was trained on (dataset.flip, dataset.translate): digits must not be mirrored."""
-
-    def __init__(self, model: nn.Module, flip: bool, translate: bool) -> None:
-        super().__init__()
-        self.model, self.flip, self.translate = model, flip, translate
-
-    def mirrored(self, x: torch.Tensor) -> torch.Tensor:
-        logits = self.model(x)
-        return 0.5 * (logits + self.model(x.flip(3))) if self.flip else logits
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits = self.mirrored(x)
-        if not self.translate:
-            return logits
-        padded = F.pad(x, (1, 1, 1, 1), mode="replicate")
-        shifted = [padded[:, :, :-2, :-2], padded[:, :, 2:, 2:]]
-        moved = sum(self.mirrored(v.contiguous(memory_format=_layout(x))) for v in shifted)
-        return 0.5 * logits + 0.25 * moved
-
-
-def _layout(x: torch.Tensor) -> torch.memory_format:
-    channels_last = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
-    return torch.channels_last if channels_last else torch.contiguous_format
-
-
-def with_tta(model: nn.Module, mode: str) -> nn.Module:
-    """trainer.tta: the model itself for none, else its TestTimeAugmentation."""
-    if mode == "none":
-        return model
-    return TestTimeAugmentation(model, flip="flip" in mode, translate="translate" in mode)
-
-
 @torch.inference_mode()
 def misclassified(
     model: nn.Module, loader: data.DeviceLoader, images: torch.Tensor, limit: int = 64
@@ -190,8 +152,6 @@ class Restored:
 
 def load_model(path: Path, overrides: list[str]) -> Restored:
     """The model of a checkpoint file or run directory, with its weights, in eval mode."""
-    from cnnbench.build import build_model  # it imports evaluate from here
-
     path = checkpoint.find(path)
     ckpt = checkpoint.load(path)
     cfg = checkpoint_config(ckpt, overrides)
@@ -209,8 +169,6 @@ def input_transform(restored: Restored) -> Callable[[torch.Tensor], torch.Tensor
     """uint8 images (N, C, side, side) at the dataset's own side -> the model's input, as the
     training batches were made: normalised with the dataset's statistics (if it was) and
     resized to the side the model trained at."""
-    from cnnbench.build import device_loader
-
     c, side = restored.spec.channels, restored.spec.size
     empty = (torch.zeros(0, c, side, side, dtype=torch.uint8), torch.zeros(0, dtype=torch.long))
     cfg = OmegaConf.merge(restored.cfg, {"trainer": {"channels_last": False}})
@@ -237,8 +195,6 @@ def per_class(result: Evaluation, classes: tuple[str, ...], title: str) -> list[
 def main(argv: list[str] | None = None) -> Evaluation:
     from torch.utils.tensorboard import SummaryWriter
     from torchvision.utils import make_grid
-
-    from cnnbench.build import device_loader
 
     try:
         path, out_dir, overrides = parse(sys.argv[1:] if argv is None else argv)

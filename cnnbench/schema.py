@@ -66,7 +66,7 @@ class TrainerConfig:
     threads: int | None = None
     # test-time augmentation of the evaluation after the last epoch (the run's test_acc): none,
     # flip, translate or flip_translate; the logits of each image are averaged over its mirror
-    # and its one-pixel shifts (eval.TestTimeAugmentation). Earlier epochs evaluate plainly.
+    # and its one-pixel shifts (tta.TestTimeAugmentation). Earlier epochs evaluate plainly.
     tta: str = "none"
 
 

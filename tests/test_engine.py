@@ -14,9 +14,9 @@ import cnnbench.train
 from cnnbench import build, checkpoint, data
 from cnnbench.build import build_model, keep_freed_memory
 from cnnbench.config import ConfigError
-from cnnbench.eval import with_tta
 from cnnbench.seeding import seed_everything
 from cnnbench.train import Interrupted, train
+from cnnbench.tta import with_tta
 from tests.test_checkpoint import signal_at_step
 
 
