@@ -38,8 +38,7 @@ import torch
 from torch import nn
 
 from cnnbench import stats
-
-RECIPES = {"lenet": (0.9, 256, 10), "lenet_bn": (1.0, 256, 10)}  # lr, batch, epochs (d2l)
+from cnnbench.config import compose
 
 
 def d2l_lenet() -> nn.Module:
@@ -102,10 +101,16 @@ def chapter_data(root: Path) -> Iterator[None]:
             os.chdir(cwd)
 
 
+def recipe(net: str) -> tuple[float, int, int]:
+    """lr, batch size and epochs of experiment=d2l/<net>: d2l gets what the recipe says."""
+    cfg = compose([f"experiment=d2l/{net}"])
+    return cfg.optimizer.lr, cfg.dataset.batch_size, cfg.trainer.epochs
+
+
 def run_d2l(net: str, seed: int, root: Path) -> dict:
     from d2l import torch as d2l
 
-    lr, batch, epochs = RECIPES[net]
+    lr, batch, epochs = recipe(net)
     recorders: list[Recorder] = []
     d2l.Animator = lambda **kw: recorders.append(Recorder(**kw)) or recorders[-1]
     torch.manual_seed(seed)
