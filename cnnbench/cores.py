@@ -10,7 +10,8 @@ Who shares the cores, in the order asked:
 3. OMP_NUM_THREADS, when the user set it;
 4. the other cnnbench runs live on this machine: each `python -m cnnbench` puts its process
    id in a folder of the temporary directory when it starts (before torch is imported), so
-   that two runs started together find each other and take half the cores each.
+   that two runs started together find each other and take half the cores each. A paused
+   run (Ctrl-Z) holds no core and does not count.
 
 Two processes that each take every core run slower together than one alone: an OpenMP
 parallel region waits at its barrier for a thread that the other process holds. When a run
@@ -73,17 +74,27 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _stopped(pid: int) -> bool:
+    """Paused (Ctrl-Z, SIGSTOP) or a zombie: alive, but holding no core. Linux only."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[:1] in (["T"], ["t"], ["Z"])
+
+
 def others_running() -> int:
-    """Other cnnbench runs alive now; the files of runs that died are removed."""
+    """Other cnnbench runs using the cores now. The files of runs that died are removed; a
+    paused run keeps its file but is not counted until it runs again."""
     count = 0
     with contextlib.suppress(OSError):
         for entry in REGISTRY.iterdir():
             if not entry.name.isdigit() or int(entry.name) == os.getpid():
                 continue
-            if _alive(int(entry.name)):
-                count += 1
-            else:
+            if not _alive(int(entry.name)):
                 entry.unlink(missing_ok=True)
+            elif not _stopped(int(entry.name)):
+                count += 1
     return count
 
 

@@ -60,6 +60,33 @@ def test_live_runs_share_the_cores_and_dead_ones_are_forgotten(registry):
     assert cores.others_running() == 0
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_paused_run_holds_no_core(registry):
+    import signal
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        cores.register()
+        (registry / str(child.pid)).write_text("")
+        assert cores.others_running() == 1
+        child.send_signal(signal.SIGSTOP)
+        for _ in range(100):  # the stop is asynchronous
+            if cores._stopped(child.pid):
+                break
+            time.sleep(0.01)
+        assert cores.others_running() == 0
+        assert (registry / str(child.pid)).exists()  # it counts again once it resumes
+        child.send_signal(signal.SIGCONT)
+        for _ in range(100):
+            if not cores._stopped(child.pid):
+                break
+            time.sleep(0.01)
+        assert cores.others_running() == 1
+    finally:
+        child.kill()
+        child.wait()
+
+
 def test_busy_machine_note(registry, monkeypatch):
     monkeypatch.setattr(os, "getloadavg", lambda: (9.5, 1.0, 1.0))
     note = cores.busy_note(8)

@@ -10,12 +10,14 @@ from cnnbench.models.resnet import Residual
 
 
 def fast_stage(in_channels: int, out_channels: int) -> nn.Sequential:
-    """conv 5x5 (no padding), batch norm, ReLU, 2x2 max-pool, then a residual block."""
+    """conv 5x5 (no padding), 2x2 max-pool, batch norm, ReLU, then a residual block. Pooling
+    before the norm and the activation, as airbench does, runs them on a quarter of the pixels:
+    the step took half the time of conv, norm, ReLU, pool on the 2-core CPU."""
     return nn.Sequential(
         nn.Conv2d(in_channels, out_channels, kernel_size=5, bias=False),
+        nn.MaxPool2d(kernel_size=2),
         nn.BatchNorm2d(out_channels),
         nn.ReLU(),
-        nn.MaxPool2d(kernel_size=2),
         Residual(out_channels, out_channels),
     )
 
