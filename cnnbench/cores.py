@@ -27,8 +27,10 @@ import atexit
 import contextlib
 import os
 import tempfile
+import time
 from pathlib import Path
 
+STARTED = time.monotonic()  # cores is imported at the start of the command line
 REGISTRY = (
     Path(tempfile.gettempdir()) / f"cnnbench-runs-{os.getuid() if hasattr(os, 'getuid') else 0}"
 )
@@ -48,9 +50,21 @@ def quiet_openmp() -> None:
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
+def others_load() -> float:
+    """The 1-minute load average less this process's own part of it: a sweep's second job,
+    run in the same process as its first, must not count the first job's threads as others'.
+    Its part is its mean CPU use since it started, over at least the average's minute."""
+    if not hasattr(os, "getloadavg"):
+        return 0.0
+    t = os.times()
+    cpu = t.user + t.system
+    alive = max(60.0, time.monotonic() - STARTED)
+    return max(0.0, os.getloadavg()[0] - cpu / alive)
+
+
 def busy() -> bool:
-    """The 1-minute load average is above the cores this process may use."""
-    return hasattr(os, "getloadavg") and os.getloadavg()[0] > usable_cores()
+    """Other processes' load is above the cores this process may use."""
+    return others_load() > usable_cores()
 
 
 def register() -> None:
@@ -126,14 +140,14 @@ def busy_note(threads: int) -> str | None:
     above the cores, with what to do about it."""
     if not busy():
         return None
-    load, cores = os.getloadavg()[0], usable_cores()
+    load, cores = others_load(), usable_cores()
     fix = (
         "trainer.threads=1 takes one core and loses least to them"
         if threads > 1
         else "run it when they are done for full speed"
     )
     return (
-        f"this machine is busy: the 1-minute load average is {load:.1f} on {cores} cores, so "
-        f"other processes share the cores with this run's {threads} thread"
+        f"this machine is busy: other processes' 1-minute load average is {load:.1f} on {cores} "
+        f"cores, so they share the cores with this run's {threads} thread"
         f"{'s' * (threads != 1)}, and it will be slower and its timings noisy; {fix}"
     )

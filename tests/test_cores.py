@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import pytest
 
@@ -17,6 +18,8 @@ def registry(tmp_path, monkeypatch):
     for var in ("CNNBENCH_JOBS", "LOCAL_WORLD_SIZE", "OMP_NUM_THREADS"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setattr(cores, "usable_cores", lambda: 8)
+    idle = SimpleNamespace(user=0.0, system=0.0)  # the test process's own load: none
+    monkeypatch.setattr(os, "times", lambda: idle)
     return tmp_path / "runs"
 
 
@@ -95,6 +98,18 @@ def test_busy_machine_note(registry, monkeypatch):
     assert cores.busy_note(8) is None
 
 
+def test_a_process_does_not_count_its_own_load(registry, monkeypatch):
+    # a sweep's later job in the same process: the load is the earlier jobs' 8 threads
+    monkeypatch.setattr(os, "getloadavg", lambda: (9.0, 1.0, 1.0))
+    monkeypatch.setattr(cores, "STARTED", time.monotonic() - 100)
+    spent = SimpleNamespace(user=800.0, system=0.0)  # 8 cores busy for its 100 s
+    monkeypatch.setattr(os, "times", lambda: spent)
+    assert cores.others_load() == pytest.approx(1.0)
+    assert cores.busy_note(8) is None
+    monkeypatch.setattr(os, "getloadavg", lambda: (17.5, 1.0, 1.0))
+    assert "load average is 9.5 on 8 cores" in cores.busy_note(8)
+
+
 @pytest.mark.parametrize("others,jobs,load,policy", [
     (0, "1", 0.0, None),  # alone: OpenMP's default
     (1, "1", 0.0, "PASSIVE"),  # another cnnbench run is live
@@ -106,6 +121,9 @@ def test_threads_sleep_when_the_cores_are_shared(monkeypatch, others, jobs, load
     monkeypatch.setenv("CNNBENCH_JOBS", jobs)
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     monkeypatch.setattr(os, "getloadavg", lambda: (load, 0.0, 0.0))
+    monkeypatch.setattr(cores, "usable_cores", lambda: 8)
+    idle = SimpleNamespace(user=0.0, system=0.0)
+    monkeypatch.setattr(os, "times", lambda: idle)
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     cores.quiet_openmp()
     assert os.environ.get("OMP_WAIT_POLICY") == policy
