@@ -190,3 +190,26 @@ def test_startup_is_measured_against_import_torch(data_root, cache_dir):
     assert s["import_torch_s"] > 0 and s["torch_first_step_s"] > 0
     assert s["cnnbench_first_step_s"] == s["phases_s"]["total_s"] > 0
     assert {"import_torch_s", "data_s", "model_s", "writer_s"} <= set(s["phases_s"])
+
+
+def test_process_only_writes_just_the_whole_process_section(tmp_path, data_root, cache_dir,
+                                                            monkeypatch):  # fmt: skip
+    calls = []
+    monkeypatch.setattr(bench, "whole_process", lambda cfg, o, quick: calls.append(quick) or {
+        "startup": {}})  # fmt: skip
+    out = tmp_path / "p.json"
+    bench.main(["--process-only", "--quick", "--json", str(out), *overrides(data_root, cache_dir)])
+    written = json.loads(out.read_text())
+    assert calls == [True] and written["process"] == {"startup": {}}
+    assert "records" not in written and "--process-only" in written["command"]
+
+
+def test_the_whole_process_section_waits_for_the_load_to_fall(monkeypatch):
+    from cnnbench.bench import whole
+
+    loads = iter([2.4, 1.9, 1.2])
+    monkeypatch.setattr(whole, "load", lambda: next(loads))
+    monkeypatch.setattr(whole.time, "sleep", lambda s: None)
+    whole.settle(cores=2)
+    with pytest.raises(StopIteration):  # it stopped asking once the load was 1.2
+        whole.load()

@@ -88,6 +88,11 @@ def parser() -> argparse.ArgumentParser:
         help="leave out the whole-process measurements (start-up, runs at once, the joblib "
         "sweep, the textbook program, the fast recipes)",
     )
+    p.add_argument(
+        "--process-only",
+        action="store_true",
+        help="only the whole-process measurements (about 10 minutes on 2 cores)",
+    )
     p.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: trainer.device)")
     p.add_argument(
         "--json", type=Path, help="results file (default: outputs/bench/<date>_<time>.json)"
@@ -175,6 +180,12 @@ def main(argv: list[str] | None = None) -> dict:
         about, peak = measure_machine(device)
         if args.ablation:
             results = {"machine": about, "ablation": ablation(cases, overrides)}
+        elif args.process_only:
+            results = {"created": datetime.now().isoformat(timespec="seconds"),
+                       "command": ["python", "-m", "cnnbench.bench",
+                                   *(sys.argv[1:] if argv is None else argv)],
+                       "machine": about,
+                       "process": whole_process(configs[0], overrides, args.quick)}  # fmt: skip
         else:
             results = {
                 "created": datetime.now().isoformat(timespec="seconds"),
