@@ -95,7 +95,7 @@ def concurrency(common: list[str], batches: int) -> dict:
     every_core = [f"trainer.threads={usable_cores()}"]
     out = {
         "alone_images_per_s": together(overrides, 1, {})[0],
-        # what each of two runs can reach when it has a core of its own: their bound
+        # what each of two runs gets if each has a core to itself and they do not slow each other
         "alone_one_thread_images_per_s": together([*overrides, "trainer.threads=1"], 1, {})[0],
         "two_images_per_s": together(overrides, 2, {}),
         "before_alone_images_per_s": together([*overrides, *every_core], 1, before)[0],
@@ -105,7 +105,9 @@ def concurrency(common: list[str], batches: int) -> dict:
     out["before_two_total_over_alone"] = (
         sum(out["before_two_images_per_s"]) / out["before_alone_images_per_s"]
     )
-    out["bound_over_alone"] = 2 * out["alone_one_thread_images_per_s"] / out["alone_images_per_s"]
+    out["two_one_thread_over_alone"] = (
+        2 * out["alone_one_thread_images_per_s"] / out["alone_images_per_s"]
+    )
     out["alone_over_before"] = out["alone_images_per_s"] / out["before_alone_images_per_s"]
     return out
 

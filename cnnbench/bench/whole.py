@@ -52,7 +52,7 @@ def whole_process(cfg: DictConfig, overrides: list[str], quick: bool) -> dict:
         f"{sum(c['before_two_images_per_s']):,.0f} against {c['before_alone_images_per_s']:,.0f}"
         f", {c['before_two_total_over_alone']:.2f}x); alone now / before "
         f"{c['alone_over_before']:.2f}x; one thread alone {c['alone_one_thread_images_per_s']:,.0f}"
-        f", so two runs of a core each can reach {c['bound_over_alone']:.2f}x")  # fmt: skip
+        f", twice that {c['two_one_thread_over_alone']:.2f}x one run alone")  # fmt: skip
 
     w = out["sweep"] = sweep(common, batches=4 if quick else 120)
     say(f"2-job sweep: serially {w['serial_s']:.1f} s, joblib n_jobs=2 {w['joblib_2_jobs_s']:.1f}"
