@@ -2,11 +2,11 @@
 
     python -m cnnbench model=mlp dataset=mnist trainer.epochs=3
 
-`train(cfg, out_dir)` is the whole loop, read top to bottom: set up, train epoch by epoch,
-evaluate after each, save, return the results. What is not training sits behind one name
-each: `build` (model, data, optimizer), `TrainState` (the position and its checkpoint),
-`RunLog` (everything written), `StopSignals` and `distributed` (torchrun). The command line is
-`cli.py`.
+`train(cfg, out_dir)` is the whole run, read top to bottom: set up, train epoch by epoch
+(`train_one_epoch`, the step, right below it), evaluate after each, save, return the results.
+What is not training sits behind one name each: `build` (model, data, optimizer), `TrainState`
+(the position and its checkpoint), `RunLog` (everything written), `StopSignals` and
+`distributed` (torchrun). The command line is `cli.py`.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import math
 import time
 from pathlib import Path
 
+import torch
 from omegaconf import DictConfig
 from torch import nn
 
@@ -62,66 +63,20 @@ def train(
     log = RunLog(out_dir, config)
     PHASES.mark("setup")  # validation, the device and its threads, the run directory
     with log.records_failure():
-        seed_everything(cfg.trainer.seed)
-        loaders = build_loaders(cfg, device)
-        PHASES.mark("data")
-        model = build_model(cfg, device)
-        PHASES.mark("model")
-        flops = forward_flops(model, (spec.channels, size, size))
-        PHASES.mark("flops")
-        engine = build_engine(cfg, model, device)
-        optimizer = build_optimizer(cfg, model, device)
-        PHASES.mark("engine_and_optimizer")  # torch.optim's first use imports torch._dynamo
-        steps = max(1, cfg.trainer.epochs * len(loaders.train))
-        scheduler = build_scheduler(cfg, optimizer, steps)
-        loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.trainer.label_smoothing)
-        parts = Trainables(model, optimizer, scheduler, engine.scaler, config,
-                           spec.channels, len(spec.classes), size)  # fmt: skip
-        state = TrainState(parts, device, started=start)
+        state, engine, loaders, loss_fn, flops = build_run(cfg, device, config, start)
         if ckpt:
             state.restore(ckpt, resume)
         distributed.seed_rank(cfg.trainer.seed, state.step)
         log.open(state, resumed=bool(ckpt), restarted=restarted, num_classes=len(spec.classes))
-        log.say(describe(cfg, model, loaders, device, threads))
-        log.warn(cores.busy_note(threads[0]))
-        log.say(distributed.describe(device, cfg.dataset.batch_size))
-        if ckpt:
-            log.say(f"resuming {resume} at step {state.step} (epoch {state.epochs_done + 1}, "
-                    f"batch {state.batches_done})")  # fmt: skip
+        announce(log, cfg, state, loaders, device, threads, resume if ckpt else None)
 
-        epochs, world = cfg.trainer.epochs, distributed.world_size()
+        epochs = cfg.trainer.epochs
         figures = last_figures(state, engine, loaders, log)
-        status, diverged_at, lr = "ok", None, optimizer.param_groups[0]["lr"]
+        status, diverged_at, lr = "ok", None, state.parts.optimizer.param_groups[0]["lr"]
         with StopSignals(every=cfg.trainer.log_every_n_steps) as stop:
             for epoch in range(state.epochs_done + 1, epochs + 1):
-                model.train()
-                loaders.train.set_epoch(epoch, start=state.batches_done)
-                state.begin_epoch()
-                for x, y in log.batches(loaders.train, epoch, epochs):
-                    with engine.autocast:
-                        logits = engine.forward(x)
-                        loss = loss_fn(logits, y)
-                    # this process's part of the global batch's mean loss (all of it on one
-                    # process); DDP averages the processes' gradients, hence the factor world
-                    share = loss * (len(y) / loaders.train.batch_len(state.batches_done))
-                    optimizer.zero_grad(set_to_none=True)
-                    engine.scaler.scale(share * world).backward()
-                    lr = optimizer.param_groups[0]["lr"]
-                    engine.scaler.step(optimizer)
-                    engine.scaler.update()
-                    scheduler.step()
-                    state.count(loss, share, logits, y)
-
-                    if state.step % cfg.trainer.log_every_n_steps == 0:
-                        mean_loss = state.window_loss()
-                        if not math.isfinite(mean_loss):
-                            diverged_at = state.step
-                            break
-                        log.train_point(mean_loss, lr, loaders.train)
-                    if state.batches_done < len(loaders.train) and stop.requested(state.step):
-                        state.save(out_dir / "last.pt")  # mid-epoch, with the epoch's sums
-                        raise stop.stop(out_dir / "last.pt")
-
+                lr, diverged_at = train_one_epoch(state, engine, loaders, loss_fn, log, stop,
+                                                  epoch, cfg, out_dir)  # fmt: skip
                 totals = state.totals()  # over all processes
                 train_loss, train_acc = totals.train_loss, totals.train_acc
                 epoch_s = state.epoch_s()  # after .item(): the device is done
@@ -149,9 +104,85 @@ def train(
         if state.window_steps and status == "ok":  # steps since the last point: short runs
             log.train_point(state.window_loss(), lr, loaders.train)
         return log.results(state, status, diverged_at=diverged_at, **figures, params=sum(
-            p.numel() for p in model.parameters()), flops_per_image=flops, device=str(device),
-            resumed=bool(ckpt), threads=threads[0],
+            p.numel() for p in state.parts.model.parameters()), flops_per_image=flops,
+            device=str(device), resumed=bool(ckpt), threads=threads[0],
             precision=precision_for(t.precision, device))  # fmt: skip
+
+
+def train_one_epoch(
+    state: TrainState, engine: Engine, loaders: Loaders, loss_fn: nn.Module, log: RunLog,
+    stop: StopSignals, epoch: int, cfg: DictConfig, out_dir: Path,
+) -> tuple[float, int | None]:  # fmt: skip
+    """One pass over the training batches, from where `state` stands. Returns the learning
+    rate of the last step, and the step at which the logged mean loss stopped being finite
+    (None while it is). A stop signal saves the position mid-epoch and raises."""
+    model, optimizer, scheduler = state.parts.model, state.parts.optimizer, state.parts.scheduler
+    world, lr = distributed.world_size(), optimizer.param_groups[0]["lr"]
+    model.train()
+    loaders.train.set_epoch(epoch, start=state.batches_done)
+    state.begin_epoch()
+    for x, y in log.batches(loaders.train, epoch, cfg.trainer.epochs):
+        with engine.autocast:
+            logits = engine.forward(x)
+            loss = loss_fn(logits, y)
+        # this process's part of the global batch's mean loss (all of it on one process);
+        # DDP averages the processes' gradients, hence the factor world
+        share = loss * (len(y) / loaders.train.batch_len(state.batches_done))
+        optimizer.zero_grad(set_to_none=True)
+        engine.scaler.scale(share * world).backward()
+        lr = optimizer.param_groups[0]["lr"]
+        engine.scaler.step(optimizer)
+        engine.scaler.update()
+        scheduler.step()
+        state.count(loss, share, logits, y)
+
+        if state.step % cfg.trainer.log_every_n_steps == 0:
+            mean_loss = state.window_loss()
+            if not math.isfinite(mean_loss):
+                return lr, state.step
+            log.train_point(mean_loss, lr, loaders.train)
+        if state.batches_done < len(loaders.train) and stop.requested(state.step):
+            state.save(out_dir / "last.pt")  # mid-epoch, with the epoch's sums
+            raise stop.stop(out_dir / "last.pt")
+    return lr, None
+
+
+def announce(
+    log: RunLog, cfg: DictConfig, state: TrainState, loaders: Loaders, device: torch.device,
+    threads: tuple[int, str], resumed_from: Path | None,
+) -> None:  # fmt: skip
+    """The start lines: the model, data, device and threads; a busy machine; the processes;
+    where a resumed run picks up."""
+    log.say(describe(cfg, state.parts.model, loaders, device, threads))
+    log.warn(cores.busy_note(threads[0]))
+    log.say(distributed.describe(device, cfg.dataset.batch_size))
+    if resumed_from:
+        log.say(f"resuming {resumed_from} at step {state.step} (epoch {state.epochs_done + 1}, "
+                f"batch {state.batches_done})")  # fmt: skip
+
+
+def build_run(
+    cfg: DictConfig, device: torch.device, config: dict, started: float
+) -> tuple[TrainState, Engine, Loaders, nn.Module, int]:
+    """Everything the loop needs, in the order start-up is timed: the data on the device, the
+    model, its FLOPs, the engine and optimizer, the schedule, the loss, and the position."""
+    spec, size = data.SPECS[cfg.dataset.name], image_size(cfg)
+    seed_everything(cfg.trainer.seed)
+    loaders = build_loaders(cfg, device)
+    PHASES.mark("data")
+    model = build_model(cfg, device)
+    PHASES.mark("model")
+    flops = forward_flops(model, (spec.channels, size, size))
+    PHASES.mark("flops")
+    engine = build_engine(cfg, model, device)
+    optimizer = build_optimizer(cfg, model, device)
+    PHASES.mark("engine_and_optimizer")  # torch.optim's first use imports torch._dynamo
+    steps = max(1, cfg.trainer.epochs * len(loaders.train))
+    scheduler = build_scheduler(cfg, optimizer, steps)
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.trainer.label_smoothing)
+    parts = Trainables(model, optimizer, scheduler, engine.scaler, config,
+                       spec.channels, len(spec.classes), size)  # fmt: skip
+    return TrainState(parts, device, started=started), engine, loaders, loss_fn, flops
 
 
 def evaluate_all(engine: Engine, loaders: Loaders, classes: int, last: bool = True) -> dict:
