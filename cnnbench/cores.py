@@ -11,7 +11,7 @@ Who shares the cores, in the order asked:
 4. the other cnnbench runs live on this machine: each `python -m cnnbench` puts its process
    id in a folder of the temporary directory when it starts (before torch is imported), so
    that two runs started together find each other and take half the cores each. A paused
-   run (Ctrl-Z) holds no core and does not count.
+   run (Ctrl-Z; Linux) holds no core and does not count here.
 
 Two processes that each take every core run slower together than one alone: an OpenMP
 parallel region waits at its barrier for a thread that the other process holds. When a run
@@ -30,7 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
-STARTED = time.monotonic()  # cores is imported at the start of the command line
+from cnnbench.startup import process_start
+
 REGISTRY = (
     Path(tempfile.gettempdir()) / f"cnnbench-runs-{os.getuid() if hasattr(os, 'getuid') else 0}"
 )
@@ -46,7 +47,7 @@ def usable_cores() -> int:
 def quiet_openmp() -> None:
     """Idle OpenMP threads sleep instead of spinning when other processes share the cores.
     Must run before torch is imported; a value the user set is kept (active spins)."""
-    if launcher_jobs() > 1 or others_running() > 0 or busy():
+    if launcher_jobs() > 1 or others_running(paused=True) > 0 or busy():
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
@@ -58,7 +59,7 @@ def others_load() -> float:
         return 0.0
     t = os.times()
     cpu = t.user + t.system
-    alive = max(60.0, time.monotonic() - STARTED)
+    alive = max(60.0, time.time() - process_start())
     return max(0.0, os.getloadavg()[0] - cpu / alive)
 
 
@@ -97,9 +98,11 @@ def _stopped(pid: int) -> bool:
     return stat.rpartition(")")[2].split()[:1] in (["T"], ["t"], ["Z"])
 
 
-def others_running() -> int:
-    """Other cnnbench runs using the cores now. The files of runs that died are removed; a
-    paused run keeps its file but is not counted until it runs again."""
+def others_running(paused: bool = False) -> int:
+    """Other cnnbench runs using the cores now, and with `paused` those paused too. The files
+    of runs that died are removed; a paused run keeps its file. A paused run takes no core, so
+    it does not halve the threads of a run started beside it; but it may resume, so that run's
+    idle threads still sleep rather than spin against it."""
     count = 0
     with contextlib.suppress(OSError):
         for entry in REGISTRY.iterdir():
@@ -107,7 +110,7 @@ def others_running() -> int:
                 continue
             if not _alive(int(entry.name)):
                 entry.unlink(missing_ok=True)
-            elif not _stopped(int(entry.name)):
+            elif paused or not _stopped(int(entry.name)):
                 count += 1
     return count
 
@@ -136,8 +139,8 @@ def plan(threads: int | None) -> tuple[int, str]:
 
 
 def busy_note(threads: int) -> str | None:
-    """A warning when the machine was busy before this run started: the 1-minute load average
-    above the cores, with what to do about it."""
+    """A warning when the machine is busy as this run starts: other processes' 1-minute load
+    average (`others_load`) above the cores, with what to do about it."""
     if not busy():
         return None
     load, cores = others_load(), usable_cores()

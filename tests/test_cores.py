@@ -78,6 +78,7 @@ def test_a_paused_run_holds_no_core(registry):
                 break
             time.sleep(0.01)
         assert cores.others_running() == 0
+        assert cores.others_running(paused=True) == 1  # for the wait policy: it may resume
         assert (registry / str(child.pid)).exists()  # it counts again once it resumes
         child.send_signal(signal.SIGCONT)
         for _ in range(100):
@@ -101,13 +102,16 @@ def test_busy_machine_note(registry, monkeypatch):
 def test_a_process_does_not_count_its_own_load(registry, monkeypatch):
     # a sweep's later job in the same process: the load is the earlier jobs' 8 threads
     monkeypatch.setattr(os, "getloadavg", lambda: (9.0, 1.0, 1.0))
-    monkeypatch.setattr(cores, "STARTED", time.monotonic() - 100)
+    monkeypatch.setattr(cores, "process_start", lambda: time.time() - 100)
     spent = SimpleNamespace(user=800.0, system=0.0)  # 8 cores busy for its 100 s
     monkeypatch.setattr(os, "times", lambda: spent)
     assert cores.others_load() == pytest.approx(1.0)
     assert cores.busy_note(8) is None
     monkeypatch.setattr(os, "getloadavg", lambda: (17.5, 1.0, 1.0))
     assert "load average is 9.5 on 8 cores" in cores.busy_note(8)
+    # a process young or idle for the most part: its CPU is spread over at least a minute
+    monkeypatch.setattr(cores, "process_start", lambda: time.time() - 5)
+    assert cores.others_load() == pytest.approx(17.5 - 800 / 60)
 
 
 @pytest.mark.parametrize("others,jobs,load,policy", [
@@ -117,7 +121,7 @@ def test_a_process_does_not_count_its_own_load(registry, monkeypatch):
     (0, "1", 9.0, "PASSIVE"),  # a busy machine
 ])  # fmt: skip
 def test_threads_sleep_when_the_cores_are_shared(monkeypatch, others, jobs, load, policy):
-    monkeypatch.setattr(cores, "others_running", lambda: others)
+    monkeypatch.setattr(cores, "others_running", lambda paused=False: others)
     monkeypatch.setenv("CNNBENCH_JOBS", jobs)
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     monkeypatch.setattr(os, "getloadavg", lambda: (load, 0.0, 0.0))

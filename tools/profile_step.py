@@ -4,9 +4,10 @@ composed run (not needed by the package).
     python tools/profile_step.py experiment=fast_fashion dataset.root=../shared/data \
         --steps 40 --out docs/perf/fast_fashion-profile.txt
 
-The step is train.py's: autocast forward, loss, zero_grad, backward, optimizer and scheduler
-step, on the run's own device-resident batches (augmentation included), after `--warmup`
-steps that are not recorded.
+The step is train.py's on one process: autocast forward, loss, zero_grad, backward, optimizer
+and scheduler step, on the run's own device-resident batches (augmentation included), after
+`--warmup` steps that are not recorded. It leaves out the step's bookkeeping (the loss and
+correct-count sums) and torchrun's gradient averaging.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import torch
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
+from cnnbench import distributed
 from cnnbench.build import (
     build_engine,
     build_loaders,
@@ -55,14 +57,16 @@ def main() -> None:
     cfg = compose(args.overrides)
     validate(cfg)
     t = cfg.trainer
-    device = torch.device(t.device if t.device != "auto" else "cpu")
+    device = distributed.run_device(t.device)
     threads = tune_backend(device, t.deterministic, t.matmul_precision, t.threads)
     seed_everything(t.seed)
     loaders = build_loaders(cfg, device)
     model = build_model(cfg, device)
     engine = build_engine(cfg, model, device)
     optimizer = build_optimizer(cfg, model, device)
-    scheduler = build_scheduler(cfg, optimizer, t.epochs * len(loaders.train))
+    # as long as the whole run, or the recorded steps if longer (OneCycle refuses to overrun)
+    total = max(t.epochs * len(loaders.train), args.warmup + args.steps, 1)
+    scheduler = build_scheduler(cfg, optimizer, total)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=t.label_smoothing)
     model.train()
     data = batches(loaders.train)

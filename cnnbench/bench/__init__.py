@@ -76,19 +76,20 @@ def parser() -> argparse.ArgumentParser:
         help="comma-separated model names, name@size to resize (default: "
         f"{','.join(c.name for c in DEFAULT_CASES)}; with --quick: {QUICK_MODELS})",
     )
-    p.add_argument(
+    what = p.add_mutually_exclusive_group()
+    what.add_argument(
         "--ablation",
         action="store_true",
         help="instead of the table, what each engine choice buys (per-step sync, "
         f"channels-last, bf16, compile, fused optimizer) on {ABLATION_MODELS}",
     )
-    p.add_argument(
+    what.add_argument(
         "--no-process",
         action="store_true",
         help="leave out the whole-process measurements (start-up, runs at once, the joblib "
         "sweep, the textbook program, the fast recipes)",
     )
-    p.add_argument(
+    what.add_argument(
         "--process-only",
         action="store_true",
         help="only the whole-process measurements (about 10 minutes on 2 cores)",
