@@ -54,8 +54,8 @@ def train(
     start = time.perf_counter()
     PHASES.enter_run()
     validate(cfg)
-    device = distributed.run_device(cfg.trainer.device)
     t = cfg.trainer
+    device = distributed.run_device(t.device)
     threads = tune_backend(device, t.deterministic, t.matmul_precision, t.threads)
     config, spec, size = resolved(cfg), data.SPECS[cfg.dataset.name], image_size(cfg)
     ckpt = checkpoint.load_for_resume(resume, config, size) if resume else None
@@ -70,25 +70,23 @@ def train(
         log.open(state, resumed=bool(ckpt), restarted=restarted, num_classes=len(spec.classes))
         announce(log, cfg, state, loaders, device, threads, resume if ckpt else None)
 
-        epochs = cfg.trainer.epochs
-        figures = last_figures(state, engine, loaders, log)
+        epochs, figures = t.epochs, last_figures(state, engine, loaders, log)
         status, diverged_at, lr = "ok", None, state.parts.optimizer.param_groups[0]["lr"]
         with StopSignals(every=cfg.trainer.log_every_n_steps) as stop:
             for epoch in range(state.epochs_done + 1, epochs + 1):
                 lr, diverged_at = train_one_epoch(state, engine, loaders, loss_fn, log, stop,
                                                   epoch, cfg, out_dir)  # fmt: skip
                 totals = state.totals()  # over all processes
-                train_loss, train_acc = totals.train_loss, totals.train_acc
                 epoch_s = state.epoch_s()  # after .item(): the device is done
-                if diverged_at is not None or not math.isfinite(train_loss):
+                if diverged_at is not None or not math.isfinite(totals.train_loss):
                     status, diverged_at = "diverged", diverged_at or state.step
-                    log.diverged(train_loss, diverged_at, epoch, cfg.optimizer.lr)
+                    log.diverged(totals.train_loss, diverged_at, epoch, cfg.optimizer.lr)
                     break
 
                 figures = evaluate_all(engine, loaders, len(spec.classes), last=epoch == epochs)
                 best_test = max([r["test_acc"] for r in state.history] + [figures["test_acc"]])
-                row = dict(epoch=epoch, step=state.step, lr=lr, train_loss=train_loss,
-                           train_acc=train_acc, test_loss=figures["test_loss"],
+                row = dict(epoch=epoch, step=state.step, lr=lr, train_loss=totals.train_loss,
+                           train_acc=totals.train_acc, test_loss=figures["test_loss"],
                            test_acc=figures["test_acc"], best_test_acc=best_test,
                            epoch_s=epoch_s, images_per_s=totals.seen / epoch_s,
                            val_loss=figures["val_loss"], val_acc=figures["val_acc"])  # fmt: skip
