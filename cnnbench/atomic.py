@@ -42,6 +42,18 @@ def write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> None:
         raise
 
 
+def remove_leftovers(folder: Path) -> list[Path]:
+    """Remove the temporary files of writes that a kill -9 cut off in `folder` (a resumed run's
+    own directory, which no other run writes into): a checkpoint's can be as large as the
+    checkpoint. Returns what was removed."""
+    gone = []
+    for tmp in Path(folder).glob(".*.tmp"):
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+            gone.append(tmp)
+    return gone
+
+
 def _write_error(path: Path, err: Exception) -> WriteError:
     full = isinstance(err, OSError) and err.errno == errno.ENOSPC
     with contextlib.suppress(OSError):  # the folder itself may be gone

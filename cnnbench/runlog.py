@@ -21,7 +21,7 @@ from omegaconf import OmegaConf
 from tqdm import tqdm
 
 from cnnbench import __version__, distributed
-from cnnbench.atomic import write_atomic, write_json, write_text
+from cnnbench.atomic import remove_leftovers, write_atomic, write_json, write_text
 from cnnbench.config import model_name
 from cnnbench.data import DeviceLoader
 from cnnbench.datasets import SPECS
@@ -136,6 +136,7 @@ class RunLog:
             return
         purge = state.step + 1 if resumed else (0 if restarted else None)
         if resumed or restarted:
+            remove_leftovers(self.out_dir)  # of the writes a kill -9 cut off
             wait_for_a_later_second(self.out_dir)
         self.writer = SummaryWriter(log_dir=str(self.out_dir), purge_step=purge)
         if not resumed:

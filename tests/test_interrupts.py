@@ -98,10 +98,13 @@ def test_kill_9_loses_at_most_the_epoch_in_progress(tmp_path, data_root, referen
     assert killed["epochs_done"] >= 3 and killed["batches_done"] == 0
     rows = len((run_dir / "metrics.csv").read_text().splitlines()) - 1
     assert rows in (killed["epochs_done"], killed["epochs_done"] + 1)  # a row before its save
-    assert not list(run_dir.glob(".*.tmp"))
+    # a kill in the middle of a write leaves its temporary file (never a partial last.pt);
+    # the resumed run removes it: one is planted, so that this holds however the kill fell
+    (run_dir / ".last.pt.abc123.tmp").write_bytes(b"cut off")
 
     resumed = run_cli(*args, f"trainer.resume={run_dir}", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
+    assert not list(run_dir.glob(".*.tmp"))
     log = (run_dir / "train.log").read_text()
     assert f"at step {killed['step']} (epoch {killed['epochs_done'] + 1}, batch 0)" in log
     results = json.loads((run_dir / "results.json").read_text())
