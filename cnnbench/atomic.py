@@ -42,16 +42,13 @@ def write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> None:
         raise
 
 
-def remove_leftovers(folder: Path) -> list[Path]:
+def remove_leftovers(folder: Path) -> None:
     """Remove the temporary files of writes that a kill -9 cut off in `folder` (a resumed run's
     own directory, which no other run writes into): a checkpoint's can be as large as the
-    checkpoint. Returns what was removed."""
-    gone = []
+    checkpoint."""
     for tmp in Path(folder).glob(".*.tmp"):
         with contextlib.suppress(OSError):
             tmp.unlink()
-            gone.append(tmp)
-    return gone
 
 
 def _write_error(path: Path, err: Exception) -> WriteError:

@@ -51,16 +51,21 @@ def quiet_openmp() -> None:
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
+def load_average() -> float | None:
+    """The machine's 1-minute load average; None where the OS has none (Windows)."""
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+
+
 def others_load() -> float:
     """The 1-minute load average less this process's own part of it: a sweep's second job,
     run in the same process as its first, must not count the first job's threads as others'.
     Its part is its mean CPU use since it started, over at least the average's minute."""
-    if not hasattr(os, "getloadavg"):
+    if (load := load_average()) is None:
         return 0.0
     t = os.times()
     cpu = t.user + t.system
     alive = max(60.0, time.time() - process_start())
-    return max(0.0, os.getloadavg()[0] - cpu / alive)
+    return max(0.0, load - cpu / alive)
 
 
 def busy() -> bool:

@@ -33,6 +33,7 @@ from cnnbench.build import (
     tune_backend,
 )
 from cnnbench.config import compose, validate
+from cnnbench.cores import load_average
 from cnnbench.seeding import seed_everything
 
 
@@ -92,12 +93,13 @@ def main() -> None:
     sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
     averages = prof.key_averages(group_by_input_shape=args.shapes)
     table = averages.table(sort_by=sort, row_limit=args.rows, max_name_column_width=40)
+    load = load_average()
     head = (
         f"# torch.profiler, cnnbench's engine step: {' '.join(args.overrides)}\n"
         f"# {args.steps} batches of {cfg.dataset.batch_size} after {args.warmup} warm-up "
         f"steps, {threads[0]} threads, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '')}\n"
         f"# {datetime.date.today()}, {platform.processor() or platform.machine()}, "
-        f"load {os.getloadavg()[0]:.1f}\n"
+        f"load {'unknown' if load is None else f'{load:.1f}'}\n"
         f"# command: python tools/profile_step.py {' '.join(sys.argv[1:])}\n"
     )
     print(head + table)

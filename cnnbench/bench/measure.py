@@ -15,6 +15,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from cnnbench import __version__
+from cnnbench.cores import load_average
 
 
 def sync(device: torch.device) -> None:
@@ -129,5 +130,5 @@ def machine(device: torch.device) -> dict:
         "python_version": platform.python_version(),
         "platform": platform.platform(),
         # other processes' load: on a shared CPU the timings are low and noisy
-        "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        "load_average_1min": load_average(),
     }

@@ -3,17 +3,13 @@ figure and returned for the JSON. `quick` shrinks every measurement to a few bat
 
 from __future__ import annotations
 
-import os
 import time
 
 from omegaconf import DictConfig
 
 from cnnbench.bench.process import concurrency, recipe, startup, sweep, textbook_ratio
+from cnnbench.cores import load_average as load
 from cnnbench.cores import usable_cores
-
-
-def load() -> float | None:
-    return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
 
 
 def say(line: str) -> None:
