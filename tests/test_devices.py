@@ -56,7 +56,9 @@ def test_the_engine_switches_train(make_cfg, tmp_path, device, switches):
     assert bool(scaler) == ("trainer.precision=16-mixed" in switches)  # float16's loss scale
 
 
-@pytest.mark.parametrize("device", DEVICES)
+# on the CPU, test_engine's compile test trains and checks the same: a second compile there
+# costs 35 s on a machine whose inductor cache is cold
+@pytest.mark.parametrize("device", DEVICES[1:])
 def test_compile_trains_and_saves_plain_weights(make_cfg, tmp_path, device):
     results = train(on(make_cfg, device, "trainer.compile=true"), tmp_path)
     assert results["status"] == "ok"

@@ -5,6 +5,7 @@ import csv
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -197,24 +198,35 @@ def test_only_rank_zero_writes_and_the_logged_metrics_are_global(runs, data_root
     )
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("how", ["torchrun", "one process"])
-def test_a_stopped_run_resumes_with_any_number_of_processes(runs, data_root, tmp_path, how):
-    _, reference, _, _ = runs
-    run_dir = tmp_path / "run"
-    args = [*small_overrides(data_root, tmp_path / "cache"), *RUN, f"hydra.run.dir={run_dir}"]
-    proc = torchrun(*args, cwd=tmp_path, start_new_session=True)
+@pytest.fixture(scope="module")
+def stopped(tmp_path_factory, data_root) -> tuple[Path, list[str]]:
+    """The torchrun run stopped by Ctrl-C in its second epoch, and the command it prints."""
+    tmp = tmp_path_factory.mktemp("stopped")
+    run_dir = tmp / "run"
+    args = [*small_overrides(data_root, tmp / "cache"), *RUN, f"hydra.run.dir={run_dir}"]
+    proc = torchrun(*args, cwd=tmp, start_new_session=True)
     wait_for_checkpoint(run_dir, 1, proc)
     os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in a terminal: torchrun and both ranks get it
     _, err = proc.communicate(timeout=60)
     assert proc.returncode != 0
     assert err.count("stopped by SIGINT") == 1, err
     assert results(run_dir)["status"] == "interrupted"
-    stopped = torch.load(run_dir / "last.pt", weights_only=True)
-    assert stopped["epochs_done"] == 1 and 0 < stopped["batches_done"] < STEPS  # mid-epoch
+    state = torch.load(run_dir / "last.pt", weights_only=True)
+    assert state["epochs_done"] == 1 and 0 < state["batches_done"] < STEPS  # mid-epoch
     command = shlex.split(err.split("Resume with:\n", 1)[1].strip().splitlines()[0])
     assert command[:4] == ["torchrun", "--standalone", "--nproc_per_node=2", "-m"], command
     assert f"trainer.resume={run_dir}" in command
+    return run_dir, command
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["torchrun", "one process"])
+def test_a_stopped_run_resumes_with_any_number_of_processes(runs, stopped, tmp_path, how):
+    _, reference, _, _ = runs
+    # each resumes its own copy of the stopped run, moved as a user may move a run directory
+    run_dir = tmp_path / "run"
+    shutil.copytree(stopped[0], run_dir)
+    command = [a.replace(str(stopped[0]), str(run_dir)) for a in stopped[1]]
     if how == "torchrun":
         resumed = torchrun(*command[5:], cwd=tmp_path)
     else:  # the global batch stays the same, so may the number of processes change

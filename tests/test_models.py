@@ -8,15 +8,16 @@ from torch import nn
 
 from cnnbench import data
 from cnnbench.build import build_model
-from cnnbench.config import CONFIG_DIR, compose, image_size
+from cnnbench.config import CONFIG_DIR, image_size
 from cnnbench.summary import summarize
+from tests.conftest import compose_once
 
 MODELS = sorted(p.stem for p in (CONFIG_DIR / "model").glob("*.yaml"))
 CPU = torch.device("cpu")
 
 
 def config(*overrides: str) -> DictConfig:
-    return compose(list(overrides))
+    return compose_once(list(overrides))
 
 
 def build(name: str, *overrides: str, dataset: str = "mnist", size: int | None = None):
