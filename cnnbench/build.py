@@ -205,18 +205,24 @@ def build_loaders(cfg: DictConfig, device: torch.device) -> Loaders:
 
 
 def build_optimizer(
-    cfg: DictConfig, model: nn.Module, device: torch.device | None = None
+    cfg: DictConfig, model: nn.Module, device: torch.device | None = None, static: bool = False
 ) -> torch.optim.Optimizer:
     """With float16 on a GPU the update is fused unless optimizer.fused says otherwise: the
-    gradient scaler's step then skips its host sync (it reads found_inf on the device)."""
-    fused = {}
+    gradient scaler's step then skips its host sync (it reads found_inf on the device). The
+    `static` step (trainer.cuda_graph) takes torch's fused update, which reads a tensor
+    learning rate on the device, and capturable where the optimizer has that switch."""
+    options = {}
     float16_on_gpu = device is not None and precision_for(cfg.trainer.precision, device) == (
         "16-mixed"
     )
     if float16_on_gpu and device.type == "cuda" and cfg.optimizer.get("fused", False) is None:
-        fused = {"fused": True}
+        options = {"fused": True}
+    if static:
+        cls = hydra.utils.get_class(cfg.optimizer._target_)
+        capturable = "capturable" in inspect.signature(cls).parameters
+        options = {"fused": True, **({"capturable": True} if capturable else {})}
     with blame("optimizer", cfg.optimizer):
-        return instantiate(cfg.optimizer, _convert_="all", **fused)(model.parameters())
+        return instantiate(cfg.optimizer, _convert_="all", **options)(model.parameters())
 
 
 def build_scheduler(
@@ -251,10 +257,13 @@ class Engine:
     evaluate: nn.Module  # forward, or its test-time augmentation (trainer.tta)
 
 
-def build_engine(cfg: DictConfig, model: nn.Module, device: torch.device) -> Engine:
+def build_engine(
+    cfg: DictConfig, model: nn.Module, device: torch.device, captured: bool = False
+) -> Engine:
     """The trainer's switches: channels-last weights (in place), DistributedDataParallel under
     torchrun, torch.compile, autocast, and the gradient scaler float16 needs (its gradients
-    underflow; bfloat16 has float32's range)."""
+    underflow; bfloat16 has float32's range). A `captured` step needs autocast without its
+    cache of cast weights, which a CUDA graph cannot hold across replays."""
     if cfg.trainer.channels_last:
         model.to(memory_format=torch.channels_last)
     if cfg.trainer.deterministic and device.type == "cuda":
@@ -267,7 +276,9 @@ def build_engine(cfg: DictConfig, model: nn.Module, device: torch.device) -> Eng
     # static shapes: a run has few (the last, smaller batch; evaluation), each compiled once
     forward = torch.compile(forward, dynamic=False) if cfg.trainer.compile else forward
     dtype = PRECISIONS[precision_for(cfg.trainer.precision, device)]
-    autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+    autocast = torch.autocast(
+        device.type, dtype=dtype, enabled=dtype is not None, cache_enabled=not captured
+    )
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     return Engine(forward, autocast, scaler, with_tta(forward, cfg.trainer.tta))
 

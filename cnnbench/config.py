@@ -35,6 +35,8 @@ CONFIG_DIR = next(
 GROUPS = ("model", "dataset", "optimizer", "scheduler", "trainer")
 # trainer.precision: autocast's dtype is chosen where training starts (build.PRECISIONS)
 PRECISION_NAMES = ("32", "bf16", "16-mixed", "auto")
+# trainer.cuda_graph: whether the training step is captured (cuda_graph.choose)
+CUDA_GRAPH_NAMES = ("auto", "true", "false")
 # model keys read by cnnbench, not passed to the model's constructor
 MODEL_INPUT_KEYS = ("min_size", "input_size")
 # how the weights start (build.init_weights): PyTorch's own, or a scheme applied over it
@@ -190,6 +192,11 @@ RULES: dict[str, tuple[Callable[[object], bool], str, str]] = {
         "trainer.precision=bf16",
     ),
     "trainer.compile": (_bool, "true or false", "trainer.compile=true"),
+    "trainer.cuda_graph": (
+        lambda v: str(v).lower() in CUDA_GRAPH_NAMES,
+        f"one of {', '.join(CUDA_GRAPH_NAMES)}",
+        "trainer.cuda_graph=false",
+    ),
     "trainer.deterministic": (_bool, "true or false", "trainer.deterministic=true"),
     "trainer.matmul_precision": (
         lambda v: v in ("highest", "high", "medium"),

@@ -14,7 +14,7 @@ import logging
 import pickle
 from collections.abc import Iterator
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 import numpy as np
 import torch
@@ -25,12 +25,40 @@ from cnnbench.datasets import SPECS, Spec
 from cnnbench.errors import DataError, WriteError
 from cnnbench.seeding import batch_seed, epoch_seed
 
-__all__ = ["SPECS", "DataError", "DeviceLoader", "Spec", "Split", "find", "hold_out", "load"]
+__all__ = [
+    "SPECS",
+    "Batch",
+    "DataError",
+    "DeviceLoader",
+    "Draws",
+    "Spec",
+    "Split",
+    "find",
+    "hold_out",
+    "load",
+]
 
 log = logging.getLogger(__name__)
 
 
 Split = tuple[torch.Tensor, torch.Tensor]  # uint8 images (N, C, H, W), int64 labels
+
+
+class Draws(NamedTuple):
+    """One batch's augmentation draws: shifts (2, n, 1) in 0..2*translate, flips (n, 1, 1, 1)."""
+
+    shift: torch.Tensor
+    flip: torch.Tensor
+
+
+class Batch(NamedTuple):
+    """One training batch before it is gathered: its number in the epoch, the indices of its
+    images in the split (this rank's), and its augmentation draws (None without augmentation)."""
+
+    number: int
+    index: torch.Tensor
+    draws: Draws | None
+
 
 IDX_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -346,39 +374,59 @@ class DeviceLoader:
         return min(self.batch_size, self.num_samples - i * self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for batch in self.batches():
+            yield self.gather(batch)
+
+    def batches(self) -> Iterator[Batch]:
+        """The epoch's batches from `start` on, as what to gather: the training loop gathers
+        them itself, so that a captured step can gather through a fixed index buffer."""
         order = self._order()
         for i in range(self.start, len(self)):
             # each batch of the epoch's order is dealt out to the ranks: together they train
             # on the batch one process would, and no image is seen twice or left out
             batch = order[i * self.batch_size : (i + 1) * self.batch_size]
-            mine = batch[self.rank :: self.world_size]
-            images = self.images[mine]
-            if self.translate or self.flip:
-                images = self.augment(images, batch=i)
-            yield self.transform(images), self.labels[mine]
+            draws = self.draws(i) if self.translate or self.flip else None
+            yield Batch(i, batch[self.rank :: self.world_size], draws)
 
-    def augment(self, images: torch.Tensor, batch: int) -> torch.Tensor:
-        """Random translation by up to `translate` pixels (zero fill, i.e. a random crop of
-        the padded image) and horizontal flips, on the device. The draws come from a
-        generator seeded with (seed, epoch, batch), one per image of the whole batch: a resumed
-        run augments as the original, and a rank's images as on one process."""
+    def gather(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch's images (augmented, converted, normalised, resized) and labels."""
+        images = self.images[batch.index]
+        if batch.draws is not None:
+            images = self.augment(images, batch.draws)
+        return self.transform(images), self.labels[batch.index]
+
+    def draws(self, batch: int) -> Draws:
+        """The random draws of one batch's augmentation, from a generator seeded with (seed,
+        epoch, batch), one per image of the whole batch: a resumed run augments as the
+        original, and a rank's images as on one process. A shift of 0 and no flip where that
+        augmentation is off."""
         g = torch.Generator(self.device)
         g.manual_seed(batch_seed(self.seed, self.epoch, batch))
-        n, c, h, w = images.shape
         mine, size = slice(self.rank, None, self.world_size), self.batch_len(batch)
+        shift = torch.zeros(2, size, 1, dtype=torch.long, device=self.device)
+        if self.translate:
+            p = self.translate
+            shift = torch.randint(0, 2 * p + 1, (2, size, 1), generator=g, device=self.device)
+        flip = torch.zeros(size, 1, 1, 1, dtype=torch.bool, device=self.device)
+        if self.flip:
+            flip = torch.rand(size, 1, 1, 1, generator=g, device=self.device) < 0.5
+        return Draws(shift[:, mine], flip[mine])
+
+    def augment(self, images: torch.Tensor, draws: Draws) -> torch.Tensor:
+        """Random translation by up to `translate` pixels (zero fill, i.e. a random crop of
+        the padded image) and horizontal flips, on the device."""
+        n, c, h, w = images.shape
         if self.translate:
             p = self.translate
             padded = F.pad(images, (p, p, p, p))
-            draws = torch.randint(0, 2 * p + 1, (2, size, 1), generator=g, device=self.device)
-            dy, dx = draws[:, mine]
+            dy, dx = draws.shift
             rows = (torch.arange(h, device=self.device) + dy)[:, None, :, None]
             cols = (torch.arange(w, device=self.device) + dx)[:, None, None, :]
             n_idx = torch.arange(n, device=self.device)[:, None, None, None]
             c_idx = torch.arange(c, device=self.device)[None, :, None, None]
             images = padded[n_idx, c_idx, rows, cols]
         if self.flip:
-            flipped = torch.rand(size, 1, 1, 1, generator=g, device=self.device)[mine] < 0.5
-            images = torch.where(flipped, images.flip(3), images)
+            images = torch.where(draws.flip, images.flip(3), images)
         return images
 
     def transform(self, images: torch.Tensor) -> torch.Tensor:

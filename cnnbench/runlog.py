@@ -168,7 +168,7 @@ class RunLog:
         every PROGRESS_EVERY_S seconds, so that a long epoch in a log file is not silent."""
         state = self.state
         self._bar = bar = tqdm(
-            loader, desc=f"epoch {epoch}/{epochs}", unit="batch", initial=loader.start,
+            loader.batches(), desc=f"epoch {epoch}/{epochs}", unit="batch", initial=loader.start,
             total=len(loader), leave=False, disable=None if self.main else True,
             dynamic_ncols=True,
         )  # fmt: skip

@@ -54,6 +54,10 @@ class TrainerConfig:
     # (docs/performance.md says what each buys)
     precision: str = "32"
     compile: bool = False  # torch.compile the model; the first steps pay for compiling
+    # record the training step once as a CUDA graph and replay it for every full batch: auto
+    # (on CUDA where it is safe), true (the same, and on other devices the step's uncaptured
+    # static form) or false (the plain step); cnnbench/cuda_graph.py
+    cuda_graph: str = "auto"
     # the same bits on every run and resume on a GPU too: deterministic kernels (slower), no
     # cuDNN autotuning; on the CPU runs are deterministic already
     deterministic: bool = False

@@ -88,15 +88,19 @@ class TrainState:
     def begin_epoch(self) -> None:
         self._epoch_tic = time.perf_counter()
 
-    def count(self, loss: torch.Tensor, share: torch.Tensor, logits: torch.Tensor, y) -> None:
-        """One optimizer step: the batch's mean `loss`, this process's `share` of the global
-        batch's mean loss, and its predictions."""
-        self.step += 1
-        self.batches_done += 1
-        self.seen += len(y)
+    def add(self, loss: torch.Tensor, share: torch.Tensor, logits: torch.Tensor, y) -> None:
+        """Add one step to the sums on the device: the batch's mean `loss`, this process's
+        `share` of the global batch's mean loss, and its predictions. A captured step records
+        this too, so it touches no Python number (`advance` counts the step)."""
         self.loss_sum += loss.detach() * len(y)
         self.correct += (logits.detach().argmax(1) == y).sum()
         self.window += share.detach()
+
+    def advance(self, images: int) -> None:
+        """Count one optimizer step of `images` images (this process's)."""
+        self.step += 1
+        self.batches_done += 1
+        self.seen += images
         self.window_steps += 1
 
     def window_loss(self) -> float:
@@ -206,7 +210,11 @@ class TrainState:
             sums = {**ckpt["sums"], "seen": ckpt["seen"]}
         else:
             return
-        self.loss_sum, self.correct, self.window = (
-            sums[k].to(self.device) for k in ("loss", "correct", "window")
-        )
+        # in place: a captured step adds to these very tensors
+        for mine, k in (
+            (self.loss_sum, "loss"),
+            (self.correct, "correct"),
+            (self.window, "window"),
+        ):
+            mine.copy_(sums[k])
         self.seen = sums["seen"]

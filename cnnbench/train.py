@@ -19,7 +19,7 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from cnnbench import checkpoint, cores, data, distributed
+from cnnbench import checkpoint, cores, cuda_graph, data, distributed
 from cnnbench.build import (
     Engine,
     Loaders,
@@ -41,6 +41,7 @@ from cnnbench.seeding import seed_everything
 from cnnbench.signals import Interrupted, StopSignals
 from cnnbench.startup import PHASES
 from cnnbench.state import Trainables, TrainState
+from cnnbench.step import PlainStep, Runner, StaticStep, Step
 
 __all__ = ["Interrupted", "train"]
 
@@ -63,18 +64,18 @@ def train(
     log = RunLog(out_dir, config)
     PHASES.mark("setup")  # validation, the device and its threads, the run directory
     with log.records_failure():
-        state, engine, loaders, loss_fn, flops = build_run(cfg, device, config, start)
+        state, engine, loaders, runner, flops = build_run(cfg, device, config, start, log)
         if ckpt:
             state.restore(ckpt, resume)
         distributed.seed_rank(cfg.trainer.seed, state.step)
         log.open(state, resumed=bool(ckpt), restarted=restarted, num_classes=len(spec.classes))
-        announce(log, cfg, state, loaders, device, threads, resume if ckpt else None)
+        announce(log, cfg, state, loaders, device, threads, resume if ckpt else None, runner)
 
         epochs, figures = t.epochs, last_figures(state, engine, loaders, log)
         status, diverged_at, lr = "ok", None, state.parts.optimizer.param_groups[0]["lr"]
         with StopSignals(every=cfg.trainer.log_every_n_steps) as stop:
             for epoch in range(state.epochs_done + 1, epochs + 1):
-                lr, diverged_at = train_one_epoch(state, engine, loaders, loss_fn, log, stop,
+                lr, diverged_at = train_one_epoch(state, runner, loaders, log, stop,
                                                   epoch, cfg, out_dir)  # fmt: skip
                 totals = state.totals()  # over all processes
                 epoch_s = state.epoch_s()  # after .item(): the device is done
@@ -104,35 +105,27 @@ def train(
         return log.results(state, status, diverged_at=diverged_at, **figures, params=sum(
             p.numel() for p in state.parts.model.parameters()), flops_per_image=flops,
             device=str(device), resumed=bool(ckpt), threads=threads[0],
-            precision=precision_for(t.precision, device))  # fmt: skip
+            precision=precision_for(t.precision, device), step=runner.name)  # fmt: skip
 
 
 def train_one_epoch(
-    state: TrainState, engine: Engine, loaders: Loaders, loss_fn: nn.Module, log: RunLog,
+    state: TrainState, step: Runner, loaders: Loaders, log: RunLog,
     stop: StopSignals, epoch: int, cfg: DictConfig, out_dir: Path,
 ) -> tuple[float, int | None]:  # fmt: skip
     """One pass over the training batches, from where `state` stands. Returns the learning
     rate of the last step, and the step at which the logged mean loss stopped being finite
-    (None while it is). A stop signal saves the position mid-epoch and raises."""
-    model, optimizer, scheduler = state.parts.model, state.parts.optimizer, state.parts.scheduler
-    world, lr = distributed.world_size(), optimizer.param_groups[0]["lr"]
-    model.train()
+    (None while it is). A stop signal saves the position mid-epoch and raises. `step` is the
+    training step itself (step.py: forward, loss, backward, update), plain or captured."""
+    optimizer, scheduler = state.parts.optimizer, state.parts.scheduler
+    lr = optimizer.param_groups[0]["lr"]
+    state.parts.model.train()
     loaders.train.set_epoch(epoch, start=state.batches_done)
     state.begin_epoch()
-    for x, y in log.batches(loaders.train, epoch, cfg.trainer.epochs):
-        with engine.autocast:
-            logits = engine.forward(x)
-            loss = loss_fn(logits, y)
-        # this process's part of the global batch's mean loss (all of it on one process);
-        # DDP averages the processes' gradients, hence the factor world
-        share = loss * (len(y) / loaders.train.batch_len(state.batches_done))
-        optimizer.zero_grad(set_to_none=True)
-        engine.scaler.scale(share * world).backward()
+    for batch in log.batches(loaders.train, epoch, cfg.trainer.epochs):
         lr = optimizer.param_groups[0]["lr"]
-        engine.scaler.step(optimizer)
-        engine.scaler.update()
+        step(batch)
         scheduler.step()
-        state.count(loss, share, logits, y)
+        state.advance(len(batch.index))
 
         if state.step % cfg.trainer.log_every_n_steps == 0:
             mean_loss = state.window_loss()
@@ -147,23 +140,28 @@ def train_one_epoch(
 
 def announce(
     log: RunLog, cfg: DictConfig, state: TrainState, loaders: Loaders, device: torch.device,
-    threads: tuple[int, str], resumed_from: Path | None,
+    threads: tuple[int, str], resumed_from: Path | None, step: Runner,
 ) -> None:  # fmt: skip
     """The start lines: the model, data, device and threads; a busy machine; the processes;
-    where a resumed run picks up."""
+    a captured step; where a resumed run picks up."""
     log.say(describe(cfg, state.parts.model, loaders, device, threads))
     log.warn(cores.busy_note(threads[0]))
     log.say(distributed.describe(device, cfg.dataset.batch_size))
+    log.warn(step.why)
+    if step.name == "captured":
+        log.say("the training step is captured in a CUDA graph and replayed for every full "
+                "batch (trainer.cuda_graph=false: the plain step)")  # fmt: skip
     if resumed_from:
         log.say(f"resuming {resumed_from} at step {state.step} (epoch {state.epochs_done + 1}, "
                 f"batch {state.batches_done})")  # fmt: skip
 
 
 def build_run(
-    cfg: DictConfig, device: torch.device, config: dict, started: float
-) -> tuple[TrainState, Engine, Loaders, nn.Module, int]:
+    cfg: DictConfig, device: torch.device, config: dict, started: float, log: RunLog
+) -> tuple[TrainState, Engine, Loaders, Runner, int]:
     """Everything the loop needs, in the order start-up is timed: the data on the device, the
-    model, its FLOPs, the engine and optimizer, the schedule, the loss, and the position."""
+    model, its FLOPs, the engine and optimizer, the schedule, the loss, the position, and the
+    step (plain or captured: cuda_graph.choose)."""
     spec, size = data.SPECS[cfg.dataset.name], image_size(cfg)
     seed_everything(cfg.trainer.seed)
     loaders = build_loaders(cfg, device)
@@ -172,15 +170,27 @@ def build_run(
     PHASES.mark("model")
     flops = forward_flops(model, (spec.channels, size, size))
     PHASES.mark("flops")
-    engine = build_engine(cfg, model, device)
-    optimizer = build_optimizer(cfg, model, device)
+    kind, why = cuda_graph.choose(cfg, device, distributed.world_size())
+    engine = build_engine(cfg, model, device, captured=kind == "captured")
+    optimizer = build_optimizer(cfg, model, device, static=kind != "plain")
     PHASES.mark("engine_and_optimizer")  # torch.optim's first use imports torch._dynamo
     steps = max(1, cfg.trainer.epochs * len(loaders.train))
     scheduler = build_scheduler(cfg, optimizer, steps)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.trainer.label_smoothing)
     parts = Trainables(model, optimizer, scheduler, engine.scaler, config,
                        spec.channels, len(spec.classes), size)  # fmt: skip
-    return TrainState(parts, device, started=started), engine, loaders, loss_fn, flops
+    state = TrainState(parts, device, started=started)
+    step = Step(engine, optimizer, loss_fn, state, distributed.world_size())
+    if kind == "captured":
+        return (
+            state,
+            engine,
+            loaders,
+            cuda_graph.CapturedStep(step, loaders.train, warn=log.warn),
+            flops,
+        )
+    runner = {"plain": PlainStep, "static": StaticStep}[kind](step, loaders.train, why)
+    return state, engine, loaders, runner, flops
 
 
 def evaluate_all(engine: Engine, loaders: Loaders, classes: int, last: bool = True) -> dict:

@@ -1,68 +1,86 @@
 #!/usr/bin/env bash
-# The GPU check: one command for a machine with one NVIDIA GPU, within about 8 minutes.
+# The GPU check: one command for a machine with one NVIDIA GPU, about 6 minutes.
 #
-#     bash scripts/gpu_check.sh [folder for the bench's JSON and the runs]
+#     bash scripts/gpu_check.sh DATA_DIR [WORK_DIR]
 #
-# It runs tests/test_devices.py and a 1-process torchrun (NCCL on the GPU), `cnnbench.bench
-# --quick` on CUDA, and one epoch each of experiment=fashion/resnet and fashion/alexnet, then
-# prints a summary. On a machine without CUDA it says so, runs the CPU cases, and exits 0.
+# DATA_DIR holds mnist/ and fashion-mnist/ (IDX files), as ../shared/data does. A GPU machine
+# gets only the repository's files, so copy the data into the ignored .gpu_data/ (41 MB) and
+# carry it along with wheels/ (device tool: carry [".gpu_data", "wheels"]):
 #
-# The GPU machines lent to this project have torch, torchvision, tensorboard, tqdm, matplotlib
-# and pytest, but not hydra-core, omegaconf and antlr4, and they reach no package registry.
-# Those come from wheels/ (ignored by git), filled beforehand on a machine that reaches PyPI,
-# for the GPU machine's Python (3.11 here; pass --python-version otherwise):
+#     mkdir -p .gpu_data && cp -r ../shared/data/mnist ../shared/data/fashion-mnist .gpu_data/
 #
-#     pip download --no-deps --only-binary=:all: -d wheels hydra-core==1.3.8 omegaconf==2.3.1 PyYAML
-#     pip download --no-deps -d wheels antlr4-python3-runtime==4.9.3   # a source archive
+# The GPU machines have torch, torchvision, tensorboard, tqdm, matplotlib and pytest, but not
+# hydra-core, omegaconf and antlr4, and reach no package registry. Those come from wheels/
+# (ignored by git), filled beforehand on a machine that reaches PyPI:
 #
-# and carried along (the device tool's carry=["wheels"]). They are installed into .gpu_deps/,
-# never into the machine's own Python. The data is ../shared/data, as on the CPU machines.
+#     pip download --no-deps --only-binary=:all: -d wheels hydra-core==1.3.8 omegaconf==2.3.1
+#     pip wheel --no-deps -w wheels antlr4-python3-runtime==4.9.3   # no wheel on PyPI
+#     pip download --no-deps --only-binary=:all: --python-version 3.12 \
+#         --platform manylinux2014_x86_64 -d wheels PyYAML   # if the machine lacks it
+#
+# They are installed into .gpu_deps/, never into the machine's own Python. It runs the device
+# tests, `cnnbench.bench --quick`, the bench's LeNet-5 and ResNet-18 rows (engine, plain step,
+# bare loop, bf16), LeNet-5 with the captured step against the plain one, fast_mnist over 5
+# seeds, and two epochs of fashion/resnet in float32 and bf16, then prints one table
+# (tools/gpu_summary.py; WORK_DIR/summary.json). Without CUDA it runs the CPU cases of the
+# device tests, says so, and exits 0; it exits 1 when a step failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-out=${1:-${OUT:-outputs/gpu_check}}
-mkdir -p "$out"
+if [ $# -lt 1 ] || [ ! -d "$1/mnist" ] || [ ! -d "$1/fashion-mnist" ]; then
+    echo "usage: bash scripts/gpu_check.sh DATA_DIR [WORK_DIR]: DATA_DIR must hold mnist/ and" \
+        "fashion-mnist/ (e.g. ../shared/data, or a copy in .gpu_data/)" >&2
+    exit 2
+fi
+data=$(cd "$1" && pwd)
+work=${2:-outputs/gpu_check}
+mkdir -p "$work" && work=$(cd "$work" && pwd)
+rm -f "$work/steps.txt"
 export PYTHONPATH="$PWD/.gpu_deps:$PWD${PYTHONPATH:+:$PYTHONPATH}"
-summary=()
-step() {  # step NAME COMMAND...: run it, keep its exit code and time for the summary
+failed=0
+step() {  # step NAME COMMAND...: run it; its outcome and time go into the table
     local name=$1 start=$SECONDS code
     shift
     echo "== $name: $*"
     "$@"
     code=$?
-    summary+=("$(printf '%-34s %s (%ds)' "$name" "$([ $code = 0 ] && echo ok || echo "FAILED ($code)")" $((SECONDS - start)))")
+    [ $code = 0 ] || failed=1
+    printf '%s\t%s (%d s)\n' "$name" "$([ $code = 0 ] && echo ok || echo "FAILED, exit $code")" \
+        $((SECONDS - start)) >>"$work/steps.txt"
     return $code
 }
 
 if ! python -c "import hydra, omegaconf" 2>/dev/null; then
-    if ! ls wheels/*.whl >/dev/null 2>&1; then
-        echo "hydra-core and omegaconf are missing and wheels/ is empty: see this script's header"
+    wheels=(wheels/hydra_core-*.whl wheels/omegaconf-*.whl wheels/antlr4_python3_runtime-*.whl)
+    python -c "import yaml" 2>/dev/null || wheels+=(wheels/[Pp]y[Yy][Aa][Mm][Ll]-*.whl)
+    if ! ls "${wheels[@]}" >/dev/null 2>&1; then
+        echo "hydra-core and omegaconf are missing and wheels/ lacks them: see this script's header"
         exit 2
     fi
-    # antlr4's source archive builds with the machine's own setuptools: no index to ask
-    step "install hydra-core, omegaconf" python -m pip install -q --no-index --no-deps \
-        --no-build-isolation --target .gpu_deps wheels/* || exit 2
+    step "install hydra-core, omegaconf, antlr4" python -m pip install -q --no-index --no-deps \
+        --target .gpu_deps "${wheels[@]}" || exit 2
 fi
+python -c "import torch; print(torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU')" \
+    >"$work/device.txt"
 cuda=$(python -c "import torch; print(int(torch.cuda.is_available()))")
-step "the device tests" python -m pytest -q -p no:cacheprovider -rs tests/test_devices.py \
+step "the device tests" python -m pytest -q -n 4 -p no:cacheprovider -rs --junitxml="$work/tests.xml" \
+    tests/test_devices.py tests/test_step.py \
     tests/test_distributed.py::test_one_process_under_torchrun_joins_a_group_of_one
+
 if [ "$cuda" = 1 ]; then
-    data=(dataset.root=../shared/data dataset.cache_dir="$out/cache" trainer.device=cuda)
-    step "bench --quick on CUDA" python -m cnnbench.bench --quick --device cuda \
-        --json "$out/bench.json" dataset.root=../shared/data dataset.cache_dir="$out/cache"
-    for recipe in fashion/resnet fashion/alexnet; do
-        step "one epoch of $recipe" python -m cnnbench "experiment=$recipe" trainer.epochs=1 \
-            "${data[@]}" "hydra.run.dir=$out/${recipe//\//_}"
-    done
+    on=(dataset.root="$data" dataset.cache_dir="$work/cache" trainer.device=cuda)
+    step "bench --quick" python -m cnnbench.bench --quick --device cuda \
+        --json "$work/bench-quick.json" "${on[@]}"
+    step "bench lenet5, resnet@96" python -m cnnbench.bench --models lenet5,resnet@96 \
+        --no-process --device cuda --json "$work/bench.json" "${on[@]}"
+    step "LeNet-5, captured and plain" python -m cnnbench -m experiment=tutorial/lenet5_mnist \
+        trainer.epochs=3 trainer.cuda_graph=auto,false "${on[@]}" hydra.sweep.dir="$work/lenet5"
+    step "fast_mnist, 5 seeds" python -m cnnbench -m experiment=fast_mnist \
+        trainer.seed=0,1,2,3,4 "${on[@]}" hydra.sweep.dir="$work/fast_mnist"
+    step "fashion/resnet, 2 epochs" python -m cnnbench -m experiment=fashion/resnet \
+        trainer.epochs=2 trainer.precision=32,bf16 trainer.channels_last=true "${on[@]}" \
+        hydra.sweep.dir="$work/fashion_resnet"
 else
-    summary+=("CUDA                               not available here: the CUDA cases were skipped")
+    printf 'CUDA\tnot available here: the CUDA cases were skipped\n' >>"$work/steps.txt"
 fi
-echo
-echo "== summary ($(python -c "import torch; print(torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU')"))"
-printf '%s\n' "${summary[@]}"
-for recipe in fashion_resnet fashion_alexnet; do
-    [ -f "$out/$recipe/results.json" ] && python -c "
-import json, sys; r = json.load(open(sys.argv[1]))
-print(f'{sys.argv[2]:<34} test acc {r[\"test_acc\"]:.4f}, epoch {r[\"train_s\"]:.1f} s, {r[\"train_images_per_s\"] or 0:,.0f} img/s')" \
-        "$out/$recipe/results.json" "$recipe"
-done
-! printf '%s\n' "${summary[@]}" | grep -q FAILED
+python tools/gpu_summary.py "$work"
+exit $failed

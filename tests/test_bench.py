@@ -213,3 +213,67 @@ def test_the_whole_process_section_waits_for_the_load_to_fall(monkeypatch):
     whole.settle(cores=2)
     with pytest.raises(StopIteration):  # it stopped asking once the load was 1.2
         whole.load()
+
+
+def test_a_gpu_trains_the_large_models_at_their_recipes_batch_size():
+    cpu = bench.case_for("resnet@96")
+    gpu = bench.for_gpu(cpu)
+    assert "dataset.batch_size=64" in cpu.overrides
+    assert gpu.overrides == ("model=resnet", "dataset.resize=96")  # batch 256, the default
+    assert gpu.train_batches == cpu.train_batches * bench.GPU_BATCHES
+    assert bench.for_gpu(cpu, scale=1).train_batches == cpu.train_batches
+    lenet5 = bench.case_for("lenet5")
+    assert bench.for_gpu(lenet5) == lenet5  # a whole epoch already
+
+
+def test_without_the_joblib_extra_the_sweep_is_skipped_in_one_line(make_cfg, monkeypatch, capsys):
+    """The whole-process section runs without the optional launchers and says what it left out."""
+    from cnnbench.bench import whole
+
+    real = whole.importlib.util.find_spec
+    monkeypatch.setattr(
+        whole.importlib.util, "find_spec", lambda name: None if "joblib" in name else real(name)
+    )
+    calls = []
+    for part in ("startup", "concurrency", "textbook_ratio", "recipe"):
+        monkeypatch.setattr(
+            whole, part, lambda *a, part=part, **k: calls.append(part) or FAKE[part]
+        )
+    monkeypatch.setattr(whole, "sweep", lambda *a, **k: pytest.fail("the sweep needs joblib"))
+    out = whole.whole_process(make_cfg(), [], quick=True)
+    assert out["sweep"] is None and calls == ["startup", "concurrency", "textbook_ratio", "recipe"]
+    assert "2-job sweep: skipped, hydra/launcher=joblib is not installed" in capsys.readouterr().out
+
+
+# what each whole-process measurement returns, in the shape the printed lines read
+FAKE = {
+    "startup": {
+        "cnnbench_first_step_s": 1.0,
+        "import_torch_s": 0.5,
+        "gap_s": 0.5,
+        "torch_first_step_s": 0.6,
+        "phases_s": {"data_s": 0.1},
+    },
+    "concurrency": {
+        "two_images_per_s": [1.0, 1.0],
+        "alone_images_per_s": 1.0,
+        "two_total_over_alone": 2.0,
+        "before_two_images_per_s": [1.0, 1.0],
+        "before_alone_images_per_s": 1.0,
+        "before_two_total_over_alone": 2.0,
+        "alone_over_before": 1.0,
+        "alone_one_thread_images_per_s": 1.0,
+        "two_one_thread_over_alone": 2.0,
+    },
+    "textbook_ratio": {
+        "epochs": 1,
+        "pairs": [{"textbook_s": 2.0, "cnnbench_s": 1.0}],
+        "median_ratio": 2.0,
+        "textbook_epoch1_s": 1.0,
+    },
+    "recipe": {
+        "runs": [{"seed": 0, "test_acc": 0.99, "wall_s": 1.0}],
+        "median_test_acc": 0.99,
+        "median_wall_s": 1.0,
+    },
+}

@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+import cnnbench.train
 from cnnbench import checkpoint
 from cnnbench.eval import main as evaluate_checkpoint
 from cnnbench.train import Interrupted, train
@@ -72,3 +73,40 @@ def test_eval_on_the_device_gives_the_logged_accuracy(make_cfg, tmp_path, device
     result = evaluate_checkpoint([f"ckpt={tmp_path / 'run'}", f"trainer.device={device}",
                                   f"out={tmp_path / 'eval'}"])  # fmt: skip
     assert result.acc == results["test_acc"]
+
+
+@pytest.mark.cuda
+@GPU
+def test_the_captured_step_trains_as_the_plain_step(make_cfg, tmp_path):
+    """Deterministic kernels on both sides: the replayed graph runs the kernels the eager
+    static step runs, so the runs agree to rounding (float32 sums in another order at most)."""
+    run = ["model=lenet_bn", "trainer.epochs=2", "trainer.deterministic=true",
+           "optimizer.fused=true", "dataset.translate=1"]  # fmt: skip
+    try:
+        plain = train(on(make_cfg, "cuda", *run, "trainer.cuda_graph=false"), tmp_path / "plain")
+        captured = train(on(make_cfg, "cuda", *run), tmp_path / "captured")
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert (plain["step"], captured["step"]) == ("plain", "captured")
+    assert captured["train_loss"] == pytest.approx(plain["train_loss"], rel=1e-4)
+    assert captured["test_acc"] == pytest.approx(plain["test_acc"], abs=0.01)
+
+
+@pytest.mark.cuda
+@GPU
+def test_a_step_that_cannot_be_captured_falls_back_in_one_line(
+    make_cfg, tmp_path, monkeypatch, caplog
+):
+    """A model that reads a value on the host in its forward pass cannot be recorded."""
+    build = cnnbench.train.build_model
+
+    def build_with_host_read(*args, **kwargs):
+        model = build(*args, **kwargs)
+        model.register_forward_pre_hook(lambda module, inputs: inputs[0].sum().item())
+        return model
+
+    monkeypatch.setattr(cnnbench.train, "build_model", build_with_host_read)
+    results = train(on(make_cfg, "cuda", "trainer.epochs=2"), tmp_path)
+    assert results["status"] == "ok" and math.isfinite(results["train_loss"])
+    lines = [r.message for r in caplog.records if "could not be captured" in r.message]
+    assert len(lines) == 1 and "\n" not in lines[0]

@@ -37,6 +37,7 @@ CASES = [
     ("label smoothing of 1", "trainer.label_smoothing=1", "trainer.label_smoothing=1 is not allowed: use a number in [0, 1)"),
     ("unknown precision", "trainer.precision=fp8", "trainer.precision='fp8' is not allowed: use one of 32, bf16, 16-mixed, auto"),
     ("zero threads", "trainer.threads=0", "trainer.threads=0 is not allowed: use null"),
+    ("unknown CUDA graph setting", "trainer.cuda_graph=always", "trainer.cuda_graph='always' is not allowed: use one of auto, true, false"),
     ("unknown test-time augmentation", "trainer.tta=mirror", "trainer.tta='mirror' is not allowed: use one of none, flip"),
     ("negative augmentation shift", "dataset.translate=-2", "dataset.translate=-2 is not allowed: use an integer >= 0"),
     ("scheduler step of 0", "scheduler=step scheduler.step_size=0", "scheduler.step_size=0 is not allowed: use an integer >= 1"),

@@ -37,6 +37,7 @@ from cnnbench.bench.compare import SWITCHES, ablation, bench_model, bf16_rows
 from cnnbench.bench.loops import (
     ABLATION_MODELS,
     DEFAULT_CASES,
+    GPU_BATCHES,
     OTHER_BATCHES,
     QUICK_BATCHES,
     QUICK_MODELS,
@@ -45,6 +46,7 @@ from cnnbench.bench.loops import (
     TextbookDataset,
     case_for,
     compose_config,
+    for_gpu,
     load_splits,
     run_textbook,
     textbook_transform,
@@ -178,6 +180,9 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         configs = check_inputs(cases, overrides)
         device = resolve_device(configs[0].trainer.device)
+        if device.type == "cuda":  # --quick stays quick
+            cases = [for_gpu(case, scale=1 if args.quick else GPU_BATCHES) for case in cases]
+            configs = check_inputs(cases, overrides)
         about, peak = measure_machine(device)
         if args.ablation:
             results = {"machine": about, "ablation": ablation(cases, overrides)}

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from cnnbench.bench.loops import (
     Case,
@@ -107,6 +107,10 @@ def bench_model(case: Case, cfg: DictConfig, peaks: dict, textbook: dict) -> dic
     }
     record |= textbook
     record |= run_engine(cfg, device, test_set)
+    if record["cnnbench_step"] == "captured":  # the same run with the plain step, beside it
+        plain = OmegaConf.merge(cfg, {"trainer": {"cuda_graph": "false"}})
+        rate = run_engine(plain, device, test_set)["cnnbench_train_images_per_s"]
+        record["cnnbench_plain_train_images_per_s"] = rate
     record |= run_bare(cfg, device, train_set)
 
     # a limited run's epoch time is extrapolated to the whole training split

@@ -4,6 +4,7 @@ bare compute loop (see cnnbench/bench/__init__.py)."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import tempfile
 import time
 from dataclasses import dataclass
@@ -66,6 +67,17 @@ def case_for(name: str) -> Case:
     model, _, size = name.partition("@")
     resize = (f"dataset.resize={size}",) if size else ()
     return Case(name, (f"model={model}", *resize), *OTHER_BATCHES)
+
+
+GPU_BATCHES = 8  # a GPU trains a large model's limited epoch on this many times the batches
+
+
+def for_gpu(case: Case, scale: int = GPU_BATCHES) -> Case:
+    """The case as a GPU trains it: the batch size of its recipe (batch 64 only spares a
+    2-core CPU's memory and time), and `scale` times the batches where its epoch is limited."""
+    overrides = tuple(o for o in case.overrides if o not in SMALL_BATCHES)
+    more = None if case.train_batches is None else case.train_batches * scale
+    return dataclasses.replace(case, overrides=overrides, train_batches=more)
 
 
 def compose_config(case: Case, overrides: list[str]) -> DictConfig:
@@ -217,6 +229,7 @@ def run_engine(cfg: DictConfig, device: torch.device, test_set: data.Split) -> d
         result = evaluate(forward, loader, len(spec.classes))
         eval_s = time.perf_counter() - tic
     return {
+        "cnnbench_step": results["step"],
         "cnnbench_train_images_per_s": float(timed["images_per_s"]),
         "cnnbench_measured_epoch_s": float(timed["epoch_s"]),
         "cnnbench_eval_images_per_s": int(result.confusion.sum()) / eval_s,

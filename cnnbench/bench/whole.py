@@ -3,6 +3,7 @@ figure and returned for the JSON. `quick` shrinks every measurement to a few bat
 
 from __future__ import annotations
 
+import importlib.util
 import time
 
 from omegaconf import DictConfig
@@ -50,9 +51,14 @@ def whole_process(cfg: DictConfig, overrides: list[str], quick: bool) -> dict:
         f"{c['alone_over_before']:.2f}x; one thread alone {c['alone_one_thread_images_per_s']:,.0f}"
         f", twice that {c['two_one_thread_over_alone']:.2f}x one run alone")  # fmt: skip
 
-    w = out["sweep"] = sweep(common, batches=4 if quick else 120)
-    say(f"2-job sweep: serially {w['serial_s']:.1f} s, joblib n_jobs=2 {w['joblib_2_jobs_s']:.1f}"
-        f" s: {w['serial_over_joblib']:.2f}x")  # fmt: skip
+    if importlib.util.find_spec("hydra_plugins.hydra_joblib_launcher") is None:
+        out["sweep"] = None
+        say("2-job sweep: skipped, hydra/launcher=joblib is not installed (the optional extra: "
+            "pip install -e '.[parallel]')")  # fmt: skip
+    else:
+        w = out["sweep"] = sweep(common, batches=4 if quick else 120)
+        say(f"2-job sweep: serially {w['serial_s']:.1f} s, joblib n_jobs=2 "
+            f"{w['joblib_2_jobs_s']:.1f} s: {w['serial_over_joblib']:.2f}x")  # fmt: skip
 
     t = out["textbook"] = textbook_ratio(
         root,

@@ -1,0 +1,102 @@
+"""trainer.cuda_graph: record the whole training step once as a CUDA graph and replay it for
+every full batch, one launch where the plain step makes hundreds (PyTorch's "whole network
+capture"). The step recorded is `step.StaticStep`'s, which the CPU tests run uncaptured.
+
+`choose` decides per run: auto captures on CUDA where it is safe; where it cannot work the run
+says why in one line and takes the plain step.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import hydra
+import torch
+from omegaconf import DictConfig
+
+from cnnbench.build import precision_for
+from cnnbench.step import StaticStep
+
+
+def choose(cfg: DictConfig, device: torch.device, world: int) -> tuple[str, str | None]:
+    """The step a run takes, "plain", "static" (uncaptured) or "captured", and the line that
+    says why it is not the one asked for (None: nothing to say)."""
+    setting = str(cfg.trainer.cuda_graph).lower()
+    if setting == "false":
+        return "plain", None
+    if device.type != "cuda":
+        if setting == "auto":
+            return "plain", None
+        return "static", (
+            f"trainer.cuda_graph=true on {device.type}: CUDA graphs need a CUDA device, so the "
+            "step runs in its static form, uncaptured (the same numbers, no speed-up)"
+        )
+    reason = obstacle(cfg, device, world)
+    if reason:
+        return "plain", f"trainer.cuda_graph={setting}: not captured, {reason}; the plain step"
+    return "captured", None
+
+
+def obstacle(cfg: DictConfig, device: torch.device, world: int) -> str | None:
+    """Why this run's step cannot be captured, or None."""
+    t, optimizer = cfg.trainer, hydra.utils.get_class(cfg.optimizer._target_)
+    if precision_for(t.precision, device) == "16-mixed":
+        return "16-mixed's gradient scaler reads its loss scale on the host"
+    if world > 1:
+        return "under torchrun (DDP's all-reduce hooks)"
+    if t.compile:
+        return "trainer.compile (torch.compile(mode='reduce-overhead') is its own capture)"
+    if cfg.optimizer.get("fused") is False:
+        return "optimizer.fused=false (the captured update is torch's fused one)"
+    if "fused" not in inspect.signature(optimizer).parameters:
+        return f"{optimizer.__name__} has no fused form that reads a tensor learning rate"
+    if cfg.scheduler.get("cycle_momentum", False):
+        return "scheduler.cycle_momentum=true (the momentum would be fixed at capture)"
+    return None
+
+
+class CapturedStep(StaticStep):
+    """StaticStep, recorded after a few warm-up steps (run eagerly on a side stream, as
+    capture requires: lazy initialisation and cuDNN's autotuning happen there) and replayed
+    for every full batch after. A capture that fails (a model that syncs with the host or
+    branches on its data) is reported in one line, and the run goes on with the plain step."""
+
+    name = "captured"
+    WARMUP_STEPS = 3
+
+    def __init__(self, *args, warn=print, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.warm, self.failed, self.warn = 0, False, warn
+
+    def run(self) -> None:
+        if self.graph is not None:
+            self.graph.replay()
+        elif self.failed:
+            super().run()
+        elif self.warm < self.WARMUP_STEPS:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                super().run()
+            torch.cuda.current_stream().wait_stream(side)
+            self.warm += 1
+        else:
+            self.capture()
+            self.run()
+
+    def capture(self) -> None:
+        graph = torch.cuda.CUDAGraph()
+        # the gradients are allocated inside the graph's memory, and each replay rewrites them
+        self.step.optimizer.zero_grad(set_to_none=True)
+        try:
+            with torch.cuda.graph(graph):
+                super().run()
+        except RuntimeError as err:
+            self.failed = True
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            self.warn(
+                f"trainer.cuda_graph: the step could not be captured ({first}); the plain step"
+            )
+            return
+        self.graph = graph
