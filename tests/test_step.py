@@ -55,7 +55,7 @@ def assert_same_bits(a, b) -> None:
 
 @pytest.mark.parametrize("net", NETS)
 def test_the_static_step_gives_the_plain_steps_bits(make_cfg, tmp_path, net):
-    """Two epochs, each with a partial last batch (600 images in batches of 256), which the
+    """Two epochs, each with a partial last batch (600 images in batches of 64), which the
     static step hands to the plain one. Both take torch's fused update, as a captured run does."""
     common = [*NETS[net], "trainer.epochs=2", "optimizer.fused=true", "trainer.log_every_n_steps=1"]
     plain = train(make_cfg(*common, "trainer.cuda_graph=false"), tmp_path / "plain")
@@ -70,7 +70,7 @@ def test_a_static_run_stopped_mid_epoch_resumes_to_the_plain_runs_bits(
     common = [*NETS["resnet_mini"], "trainer.epochs=2", "optimizer.fused=true"]
     train(make_cfg(*common, "trainer.cuda_graph=false"), tmp_path / "plain")
     cfg = make_cfg(*common, "trainer.cuda_graph=true")
-    signal_at_step(monkeypatch, 4)  # epoch 2's first batch (3 batches an epoch)
+    signal_at_step(monkeypatch, 14)  # mid-epoch 2 (10 batches an epoch)
     with pytest.raises(Interrupted):
         train(cfg, tmp_path / "static")
     monkeypatch.undo()
