@@ -4,9 +4,9 @@
         --seeds 0 --root ../shared/data > recipes.log 2>&1 &
 
 Each (recipe, seed) trains in `<runs>/<recipe>/seed<N>` (checkpoints and event files stay
-there) and its `metrics.csv` and `results.json` are copied to `docs/results/<recipe>/seed<N>/`.
-Run again, it skips what has finished and resumes a run that was cut off from its checkpoint
-(`trainer.resume`). Overrides after `--` are added to every run and kept in results.json's
+there) and its `metrics.csv`, `results.json` and last test confusion matrix are copied to
+`docs/results/<recipe>/seed<N>/`. Run again, it skips what has finished and resumes a run
+that was cut off from its checkpoint (`trainer.resume`). Overrides after `--` are added to every run and kept in results.json's
 config, e.g. `-- trainer.precision=bf16 trainer.channels_last=true`.
 """
 
@@ -16,6 +16,8 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+from cnnbench.runs import CONFUSION_FILE
 
 
 def finished(results: Path) -> bool:
@@ -38,8 +40,9 @@ def run(recipe: str, seed: int, args: argparse.Namespace) -> int:
     code = subprocess.run(command).returncode
     if finished(run_dir / "results.json"):
         kept.mkdir(parents=True, exist_ok=True)
-        for name in ("metrics.csv", "results.json"):
-            shutil.copy(run_dir / name, kept / name)
+        for name in ("metrics.csv", "results.json", CONFUSION_FILE):
+            if (run_dir / name).exists():  # the confusion matrix of the last epoch
+                shutil.copy(run_dir / name, kept / name)
     return code
 
 
