@@ -6,8 +6,9 @@
 Each (recipe, seed) trains in `<runs>/<recipe>/seed<N>` (checkpoints and event files stay
 there) and its `metrics.csv`, `results.json` and last test confusion matrix are copied to
 `docs/results/<recipe>/seed<N>/`. Run again, it skips what has finished and resumes a run
-that was cut off from its checkpoint (`trainer.resume`). Overrides after `--` are added to every run and kept in results.json's
-config, e.g. `-- trainer.precision=bf16 trainer.channels_last=true`.
+that was cut off from its checkpoint (`trainer.resume`). Overrides after `--` are added to
+every run and kept in results.json's config, e.g.
+`-- trainer.precision=bf16 trainer.channels_last=true`.
 """
 
 import argparse
