@@ -29,6 +29,13 @@ def settle(cores: int, limit_s: float = 120.0) -> float:
     return time.monotonic() - start
 
 
+def installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # not even its package: no Hydra plugin is installed
+        return False
+
+
 def whole_process(cfg: DictConfig, overrides: list[str], quick: bool) -> dict:
     """Start-up, runs at once, the joblib sweep, the textbook program and the fast recipes."""
     common = [o for o in overrides if not o.startswith("trainer.device=")]
@@ -51,7 +58,7 @@ def whole_process(cfg: DictConfig, overrides: list[str], quick: bool) -> dict:
         f"{c['alone_over_before']:.2f}x; one thread alone {c['alone_one_thread_images_per_s']:,.0f}"
         f", twice that {c['two_one_thread_over_alone']:.2f}x one run alone")  # fmt: skip
 
-    if importlib.util.find_spec("hydra_plugins.hydra_joblib_launcher") is None:
+    if not installed("hydra_plugins.hydra_joblib_launcher"):
         out["sweep"] = None
         say("2-job sweep: skipped, hydra/launcher=joblib is not installed (the optional extra: "
             "pip install -e '.[parallel]')")  # fmt: skip
