@@ -22,7 +22,8 @@ class Recipe:
     finals: list[float] = field(default_factory=list)  # test_acc after the last epoch, by seed
     bests: list[float] = field(default_factory=list)
     seeds: list[int] = field(default_factory=list)
-    # the engine's switches that a textbook run does not use, e.g. bf16, channels-last
+    # the engine's switches that a textbook run does not use, e.g. bf16, channels-last, and
+    # cuda where it trained on a GPU
     switches: set[str] = field(default_factory=set)
 
     @property
@@ -62,6 +63,8 @@ def collect(root: Path) -> list[Recipe]:
             recipe.switches.add(str(trainer["precision"]))
         if trainer.get("channels_last"):
             recipe.switches.add("channels-last")
+        if str(results.get("device", "cpu")).startswith("cuda"):
+            recipe.switches.add("cuda")
     return [recipes[k] for k in sorted(recipes)]
 
 

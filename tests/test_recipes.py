@@ -12,11 +12,19 @@ from cnnbench.report import main as report_main
 REPO = Path(__file__).resolve().parents[1]
 
 
-def write_run(root: Path, recipe: str, seed: int, final: float, best: float, **trainer) -> None:
+def write_run(
+    root: Path, recipe: str, seed: int, final: float, best: float, device="cpu", **trainer
+) -> None:
     folder = root / recipe / f"seed{seed}"
     folder.mkdir(parents=True)
     config = {"trainer": {"seed": seed, "precision": "32", "channels_last": False, **trainer}}
-    results = {"status": "ok", "test_acc": final, "best_test_acc": best, "config": config}
+    results = {
+        "status": "ok",
+        "test_acc": final,
+        "best_test_acc": best,
+        "config": config,
+        "device": device,
+    }
     (folder / "results.json").write_text(json.dumps(results))
 
 
@@ -24,6 +32,7 @@ def test_the_table_gives_the_median_and_range_over_seeds_and_the_gap(tmp_path, c
     for seed, acc in enumerate([0.7601, 0.7715, 0.7480]):
         write_run(tmp_path, "fashion/lenet", seed, acc, acc)
     write_run(tmp_path, "fashion/resnet", 0, 0.9150, 0.9180)
+    write_run(tmp_path, "d2l/resnet", 0, 0.9150, 0.9150, device="cuda:0")
     write_run(tmp_path, "fashion/nin", 0, 0.85, 0.85, precision="bf16", channels_last=True)
     (tmp_path / "fashion/nin/seed1").mkdir()
     (tmp_path / "fashion/nin/seed1/results.json").write_text('{"status": "interrupted"}')
@@ -36,6 +45,7 @@ def test_the_table_gives_the_median_and_range_over_seeds_and_the_gap(tmp_path, c
     )
     assert "[91.50% (best 91.80%)]" in printed and "| -0.5 |" in printed
     assert "[85.00%, bf16 channels-last]" in printed  # the interrupted seed is left out
+    assert "[91.50%, cuda]" in printed
     page = (tmp_path / "README.md").read_text()
     assert "](./fashion/lenet/)" in page
 

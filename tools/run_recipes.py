@@ -32,9 +32,16 @@ def run(recipe: str, seed: int, args: argparse.Namespace) -> int:
         return 0
     run_dir = args.runs / recipe / f"seed{seed}"
     command = [
-        sys.executable, "-m", "cnnbench", f"experiment={recipe}", f"dataset.root={args.root}",
-        f"trainer.seed={seed}", "trainer.device=cpu", f"hydra.run.dir={run_dir}", *args.overrides,
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "cnnbench",
+        f"experiment={recipe}",
+        f"dataset.root={args.root}",
+        f"trainer.seed={seed}",
+        f"trainer.device={args.device}",
+        f"hydra.run.dir={run_dir}",
+        *args.overrides,
+    ]
     if (run_dir / "last.pt").exists():
         command.append(f"trainer.resume={run_dir}")
     print(" ".join(command), flush=True)
@@ -54,6 +61,9 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("recipes", nargs="+", help="e.g. fashion/alexnet")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument(
+        "--device", default="cpu", help="trainer.device of every run (the README's cell says cuda)"
+    )
     p.add_argument("--root", type=Path, default=Path("../shared/data"))
     p.add_argument("--runs", type=Path, default=Path("outputs/recipes"))
     p.add_argument("--results", type=Path, default=Path("docs/results"))
