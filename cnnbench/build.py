@@ -150,16 +150,26 @@ def device_loader(
     batches, in order, for evaluation."""
     spec, size, ds = data.SPECS[cfg.dataset.name], image_size(cfg), cfg.dataset
     common = dict(
-        device=device, mean=spec.mean, std=spec.std, normalize=ds.normalize,
-        resize=size if size != spec.size else None, channels_last=cfg.trainer.channels_last,
-        rank=distributed.rank(), world_size=distributed.world_size(),
-    )  # fmt: skip
+        device=device,
+        mean=spec.mean,
+        std=spec.std,
+        normalize=ds.normalize,
+        resize=size if size != spec.size else None,
+        channels_last=cfg.trainer.channels_last,
+        rank=distributed.rank(),
+        world_size=distributed.world_size(),
+    )
     if train:
         return data.DeviceLoader(
-            *split, ds.batch_size, shuffle=True, seed=cfg.trainer.seed,
-            limit_batches=cfg.trainer.limit_train_batches, translate=ds.translate, flip=ds.flip,
+            *split,
+            ds.batch_size,
+            shuffle=True,
+            seed=cfg.trainer.seed,
+            limit_batches=cfg.trainer.limit_train_batches,
+            translate=ds.translate,
+            flip=ds.flip,
             **common,
-        )  # fmt: skip
+        )
     return data.DeviceLoader(
         *split, cfg.trainer.eval_batch_size, limit_batches=cfg.trainer.limit_test_batches, **common
     )

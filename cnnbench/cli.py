@@ -111,13 +111,17 @@ def job_variants(overrides: list[Override]) -> list[list[str]]:
     def one(o: Override, value: str) -> str:
         return f"{o.get_key_element()}={value}"
 
-    first = [one(o, next(o.sweep_string_iterator())) if o.is_sweep_override() else o.input_line
-             for o in overrides]  # fmt: skip
+    first = [
+        one(o, next(o.sweep_string_iterator())) if o.is_sweep_override() else o.input_line
+        for o in overrides
+    ]
     variants = [first]
     for i, o in enumerate(overrides):
         if o.is_sweep_override():
-            variants += [[*first[:i], one(o, v), *first[i + 1 :]]
-                         for v in list(o.sweep_string_iterator())[1:]]  # fmt: skip
+            variants += [
+                [*first[:i], one(o, v), *first[i + 1 :]]
+                for v in list(o.sweep_string_iterator())[1:]
+            ]
     return variants
 
 
@@ -261,12 +265,18 @@ def ending(err: BaseException, cfg: DictConfig, out_dir: Path, sweep: bool, sear
 
     if isinstance(err, Interrupted):
         if searching:  # a new search draws new trials: this one is not picked up again
-            tell(f"cnnbench: {err}; trial {HydraConfig.get().job.num} is abandoned (its "
-                 f"checkpoint is {err.checkpoint}). Running the same command again adds new "
-                 "trials to the study.", file=sys.stderr)  # fmt: skip
+            tell(
+                f"cnnbench: {err}; trial {HydraConfig.get().job.num} is abandoned (its "
+                f"checkpoint is {err.checkpoint}). Running the same command again adds new "
+                "trials to the study.",
+                file=sys.stderr,
+            )
         else:
-            tell(f"cnnbench: {err}; checkpoint saved to {err.checkpoint}. Resume with:\n"
-                 f"  {resume_command(out_dir, sweep)}", file=sys.stderr)  # fmt: skip
+            tell(
+                f"cnnbench: {err}; checkpoint saved to {err.checkpoint}. Resume with:\n"
+                f"  {resume_command(out_dir, sweep)}",
+                file=sys.stderr,
+            )
         sys.exit(128 + err.signum)
     if isinstance(err, KeyboardInterrupt):
         last = out_dir / "last.pt"

@@ -93,8 +93,15 @@ def confusion_figure(confusion: torch.Tensor, classes: tuple[str, ...], title: s
     for i in ticks:
         for j in ticks:
             n = confusion[i, j].item()
-            ax.text(j, i, n, ha="center", va="center", fontsize=7,
-                    color="white" if n > high else "black")  # fmt: skip
+            ax.text(
+                j,
+                i,
+                n,
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if n > high else "black",
+            )
     return fig
 
 
@@ -199,8 +206,13 @@ def main(argv: list[str] | None = None) -> Evaluation:
     try:
         path, out_dir, overrides = parse(sys.argv[1:] if argv is None else argv)
         restored = load_model(path, overrides)
-        model, cfg, ckpt, path, spec = (restored.model, restored.cfg, restored.ckpt,
-                                        restored.path, restored.spec)  # fmt: skip
+        model, cfg, ckpt, path, spec = (
+            restored.model,
+            restored.cfg,
+            restored.ckpt,
+            restored.path,
+            restored.spec,
+        )
         device = restored.device
         ds = cfg.dataset
         images, labels = data.load(ds.name, "test", ds.root, ds.download, ds.cache_dir)
@@ -210,8 +222,9 @@ def main(argv: list[str] | None = None) -> Evaluation:
         fail("cnnbench.eval", err)
 
     # the test split in order, as training evaluates it (without its channels-last switch)
-    loader = device_loader(OmegaConf.merge(cfg, {"trainer": {"channels_last": False}}),
-                           (images, labels), device)  # fmt: skip
+    loader = device_loader(
+        OmegaConf.merge(cfg, {"trainer": {"channels_last": False}}), (images, labels), device
+    )
     result = evaluate(model, loader, len(spec.classes))
     name, epoch, classes = model_name(ckpt["config"]), ckpt["epochs_done"], spec.classes
     lines = per_class(result, classes, f"{name} from {path} (epoch {epoch}) on {spec.title} test")

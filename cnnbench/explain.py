@@ -121,8 +121,10 @@ def pick(restored: Restored, args: toolargs.ToolArgs, n: int, invert: str) -> Pi
         names = args.options.get("classes")
         if names is None and not indices and not files:
             a, b, errors = most_confused(restored, test)
-            print(f"the most confused classes: {a} and {b} ({errors} test images mistaken "
-                  "for the other)")  # fmt: skip
+            print(
+                f"the most confused classes: {a} and {b} ({errors} test images mistaken "
+                "for the other)"
+            )
             names = f"{a},{b}"
         for c in class_indices(names, spec.classes) if names else []:
             indices += (test[1] == c).nonzero().flatten()[:n].tolist()
@@ -132,8 +134,10 @@ def pick(restored: Restored, args: toolargs.ToolArgs, n: int, invert: str) -> Pi
             chosen.truth.append(int(test[1][i]))
     given = len(files) + len(indices)
     if given > MAX_IMAGES:
-        print(f"looking at the first {MAX_IMAGES} of {given} images (explain draws at most "
-              f"{MAX_IMAGES})")  # fmt: skip
+        print(
+            f"looking at the first {MAX_IMAGES} of {given} images (explain draws at most "
+            f"{MAX_IMAGES})"
+        )
         del arrays[MAX_IMAGES:], chosen.labels[MAX_IMAGES:], chosen.truth[MAX_IMAGES:]
     noise = np.random.default_rng(0).integers(0, 256, (spec.channels, spec.size, spec.size))
     arrays.append(noise.astype(np.uint8))
@@ -275,8 +279,9 @@ def overview(picked: Picked, probs: torch.Tensor, cams: torch.Tensor, stages, re
             axes[i, 2 + j].imshow(grid[0].numpy(), cmap="viridis", vmin=0, vmax=1)
             if i == 0:
                 c_, h, w = out.shape[1:]
-                axes[i, 2 + j].set_title(f"{name} {type(module).__name__}\n{c_}@{h}x{w}",
-                                         fontsize=7)  # fmt: skip
+                axes[i, 2 + j].set_title(
+                    f"{name} {type(module).__name__}\n{c_}@{h}x{w}", fontsize=7
+                )
     for ax in axes.flat:
         ax.set_axis_off()
     fig.suptitle(f"{restored.title}", fontsize=8)
@@ -362,9 +367,12 @@ def write(restored: Restored, picked: Picked, seen: dict, out_dir: Path) -> dict
 
 def main(argv: list[str] | None = None) -> dict:
     try:
-        args = toolargs.parse(sys.argv[1:] if argv is None else argv, USAGE,
-                              options=("ckpt", "out", "classes", "index", "n", "invert"),
-                              repeatable=("images",))  # fmt: skip
+        args = toolargs.parse(
+            sys.argv[1:] if argv is None else argv,
+            USAGE,
+            options=("ckpt", "out", "classes", "index", "n", "invert"),
+            repeatable=("images",),
+        )
         n = toolargs.integer(args, "n", 4)
         invert = toolargs.choice(args, "invert", images.INVERT_CHOICES, "auto")
         restored = load_model(Path(args.options["ckpt"]), args.overrides)
@@ -377,8 +385,9 @@ def main(argv: list[str] | None = None) -> dict:
         fail(TOOL, err)
     for item in summary["images"]:  # a test image's label names its true class
         print(f"{item['image']}: {item['predicted']} {item['prob']:.3f}")
-    stages = ", ".join(f"{s['file']} {s['shape'][0]}@{s['shape'][1]}x{s['shape'][2]}"
-                       for s in summary["stages"])  # fmt: skip
+    stages = ", ".join(
+        f"{s['file']} {s['shape'][0]}@{s['shape'][1]}x{s['shape'][2]}" for s in summary["stages"]
+    )
     print(f"Grad-CAM at stage {seen['layer']}; feature maps: {stages}")
     print(f"features_*.png, filters.png, gradcam.png, overview.png, explain.json: {out_dir}")
     return summary

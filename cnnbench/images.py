@@ -19,8 +19,20 @@ from cnnbench.datasets import Spec
 
 # the suffixes a folder is searched for; a file named on the command line is tried whatever
 # its suffix
-SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm",
-            ".pbm", ".pnm")  # fmt: skip
+SUFFIXES = (
+    ".png",
+    ".jpg",
+    ".jpeg",
+    ".bmp",
+    ".gif",
+    ".tif",
+    ".tiff",
+    ".webp",
+    ".pgm",
+    ".ppm",
+    ".pbm",
+    ".pnm",
+)
 # a 48-megapixel phone photo decodes in about a second into 150 MB; beyond this an image is a
 # mistake (or a decompression bomb), not a digit
 MAX_PIXELS = 50_000_000

@@ -95,8 +95,16 @@ def table(rows: list[dict], k: int) -> str:
     out.writerow(["file", "inverted", "invert_reason", *head, "error"])
     for r in rows:
         top = [v for t in r["top"] for v in (t["class"], t["prob"])]
-        out.writerow([r["file"], r["inverted"], r["invert_reason"] or "", *top,
-                      *[""] * (2 * k - len(top)), r["error"] or ""])  # fmt: skip
+        out.writerow(
+            [
+                r["file"],
+                r["inverted"],
+                r["invert_reason"] or "",
+                *top,
+                *[""] * (2 * k - len(top)),
+                r["error"] or "",
+            ]
+        )
     return text.getvalue()
 
 
@@ -111,8 +119,9 @@ def sheet(rows: list[dict], inputs: torch.Tensor, restored: Restored, path: Path
     per_row = min(n, 3)
     lines = -(-n // per_row)
     fig = Figure(figsize=(max(4.2 * per_row, 6), 1.9 * lines + 0.6), layout="constrained")
-    axes = fig.subplots(lines, 2 * per_row, squeeze=False,
-                        gridspec_kw={"width_ratios": [1, 1.3] * per_row})  # fmt: skip
+    axes = fig.subplots(
+        lines, 2 * per_row, squeeze=False, gridspec_kw={"width_ratios": [1, 1.3] * per_row}
+    )
     low, high = value_range(restored)
     for i, ax in enumerate(axes.flat):
         ax.set_axis_off()
@@ -134,8 +143,11 @@ def sheet(rows: list[dict], inputs: torch.Tensor, restored: Restored, path: Path
         ax.tick_params(axis="x", labelsize=7)
         for y, t in zip(range(len(top))[::-1], top, strict=True):
             ax.text(min(t["prob"] + 0.02, 0.75), y, f"{t['prob']:.2f}", va="center", fontsize=7)
-    fig.suptitle(f"{restored.title}\neach input as the network sees it (resized, inverted, "
-                 f"normalised), and its top {len(rows[0]['top'])}", fontsize=8)  # fmt: skip
+    fig.suptitle(
+        f"{restored.title}\neach input as the network sees it (resized, inverted, "
+        f"normalised), and its top {len(rows[0]['top'])}",
+        fontsize=8,
+    )
     fig.savefig(path, dpi=100)
 
 
@@ -149,9 +161,13 @@ def value_range(restored: Restored) -> tuple[float, float]:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     try:
-        args = toolargs.parse(sys.argv[1:] if argv is None else argv, USAGE,
-                              options=("ckpt", "out", "invert", "topk"), repeatable=("images",),
-                              required=("ckpt", "images"))  # fmt: skip
+        args = toolargs.parse(
+            sys.argv[1:] if argv is None else argv,
+            USAGE,
+            options=("ckpt", "out", "invert", "topk"),
+            repeatable=("images",),
+            required=("ckpt", "images"),
+        )
         invert = toolargs.choice(args, "invert", images.INVERT_CHOICES, "auto")
         k = toolargs.integer(args, "topk", 3)
         files, problems = images.expand(args.lists["images"])
@@ -167,8 +183,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
         try:
             batch.append(images.prepare(path, restored.spec, invert))
         except images.ImageError as err:
-            failed.append({"file": str(path), "inverted": None, "invert_reason": None,
-                           "top": [], "error": str(err)})  # fmt: skip
+            failed.append(
+                {
+                    "file": str(path),
+                    "inverted": None,
+                    "invert_reason": None,
+                    "top": [],
+                    "error": str(err),
+                }
+            )
     for problem in problems + [r["error"] for r in failed]:
         print(f"{TOOL}: error: {problem}", file=sys.stderr)
     rows: list[dict] = []

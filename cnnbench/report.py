@@ -231,39 +231,80 @@ def spread(values: list[float], fmt: str) -> str:
     return f"{fmt.format(stats.mean(values))} ± {fmt.format(stats.std(values))}"
 
 
+# the columns of the seed groups' table after the group's name and the keys that differ
+GROUP_COLUMNS = [
+    "model",
+    "dataset",
+    "runs",
+    "n",
+    "seeds",
+    "best test acc",
+    "final test acc",
+    "final: 95% interval",
+    "wall s",
+    "vs G1: Welch p",
+    "difference from G1",
+]
+
+
 def group_table(groups: list[Group]) -> tuple[list[str], list[list[str]], list[dict]]:
     """Headers and formatted rows of the seed groups, and groups.csv's rows by column name;
     each group is compared with the first (the best mean final test accuracy) by Welch's
     t-test."""
     keys = [k for k in differing_keys([g.runs[0] for g in groups]) if k != SEED]
-    headers = ["group", *keys, "model", "dataset", "runs", "n", "seeds", "best test acc",
-               "final test acc", "final: 95% interval", "wall s", "vs G1: Welch p",
-               "difference from G1"]  # fmt: skip
-    shown, saved = [], []
+    headers = ["group", *keys, *GROUP_COLUMNS]
     first = groups[0].values("test_acc")
+    shown, saved = [], []
     for i, g in enumerate(groups, 1):
-        head, final = g.runs[0], g.values("test_acc")
-        named = {"group": f"G{i}", **{k: short(head.config.get(k)) for k in keys},
-                 "model": short(head.results.get("model")),
-                 "dataset": short(head.results.get("dataset")),
-                 "runs": " ".join(f"#{n}" for n in g.rows), "n": len(final),
-                 "seeds": " ".join(short(r.config.get(SEED)) for r in g.runs)}  # fmt: skip
-        test = stats.welch(final, first) if i > 1 else None
-        low, high = stats.interval95(final) or (None, None)
-        verdict = "" if i == 1 else "n < 2" if test is None else (
-            "within the noise" if test.p >= ALPHA else f"real (p < {ALPHA})")  # fmt: skip
-        cells = {**named, "best test acc": spread(g.values("best_test_acc"), "{:.4f}"),
-                 "final test acc": spread(final, "{:.4f}"),
-                 "final: 95% interval": "" if low is None else f"{low:.4f} to {high:.4f}",
-                 "wall s": spread(g.values("wall_s"), "{:.1f}"),
-                 "vs G1: Welch p": "" if test is None else f"{test.p:.3g}",
-                 "difference from G1": verdict}  # fmt: skip
+        cells, row = group_row(g, i, keys, first)
         shown.append([str(cells[h]) for h in headers])
-        saved.append({**named, **moments(g), "test_acc_ci95_low": low, "test_acc_ci95_high": high,
-                      "welch_t_vs_g1": test.t if test else None,
-                      "welch_df_vs_g1": test.df if test else None,
-                      "welch_p_vs_g1": test.p if test else None})  # fmt: skip
+        saved.append(row)
     return headers, shown, saved
+
+
+def group_row(g: Group, i: int, keys: list[str], first: list[float]) -> tuple[dict, dict]:
+    """Group `i`'s cells as the table shows them, and its row of groups.csv; `first`: the
+    final test accuracies of group 1, which the others are tested against."""
+    head, final = g.runs[0], g.values("test_acc")
+    named = {
+        "group": f"G{i}",
+        **{k: short(head.config.get(k)) for k in keys},
+        "model": short(head.results.get("model")),
+        "dataset": short(head.results.get("dataset")),
+        "runs": " ".join(f"#{n}" for n in g.rows),
+        "n": len(final),
+        "seeds": " ".join(short(r.config.get(SEED)) for r in g.runs),
+    }
+    test = stats.welch(final, first) if i > 1 else None
+    low, high = stats.interval95(final) or (None, None)
+    cells = {
+        **named,
+        "best test acc": spread(g.values("best_test_acc"), "{:.4f}"),
+        "final test acc": spread(final, "{:.4f}"),
+        "final: 95% interval": "" if low is None else f"{low:.4f} to {high:.4f}",
+        "wall s": spread(g.values("wall_s"), "{:.1f}"),
+        "vs G1: Welch p": "" if test is None else f"{test.p:.3g}",
+        "difference from G1": verdict(i, test),
+    }
+    row = {
+        **named,
+        **moments(g),
+        "test_acc_ci95_low": low,
+        "test_acc_ci95_high": high,
+        "welch_t_vs_g1": test.t if test else None,
+        "welch_df_vs_g1": test.df if test else None,
+        "welch_p_vs_g1": test.p if test else None,
+    }
+    return cells, row
+
+
+def verdict(i: int, test: stats.Welch | None) -> str:
+    """What Welch's test says of group `i` against group 1."""
+    if i == 1:
+        return ""
+    if test is None:
+        return "n < 2"
+    return "within the noise" if test.p >= ALPHA else f"real (p < {ALPHA})"
 
 
 def moments(g: Group) -> dict[str, float | None]:
@@ -327,8 +368,9 @@ def confusion_figure(runs: list[Run], out: Path) -> Path | None:
     grid = [[math.nan if c is None else c for c in row] for row in counts]
     image = ax.imshow(grid, cmap="Reds", aspect="auto")
     fig.colorbar(image, ax=ax, label="test images confused")
-    ax.set_xticks(range(len(shown)), [label(n, r) for n, r in shown], rotation=45, ha="right",
-                  fontsize=7)  # fmt: skip
+    ax.set_xticks(
+        range(len(shown)), [label(n, r) for n, r in shown], rotation=45, ha="right", fontsize=7
+    )
     ax.set_yticks(range(len(names)), [f"{a} ↔ {b}" for a, b in names], fontsize=7)
     for i, row in enumerate(counts):
         for j, c in enumerate(row):
@@ -408,8 +450,9 @@ def figures(runs: list[Run], out: Path, groups: list[Group] | None = None) -> li
             ax.annotate(name, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
         front = pareto([(x, y) for x, y, _ in points])
         if front:
-            ax.step(*zip(*front, strict=True), where="post", color="gray", ls="--",
-                    label="Pareto front")  # fmt: skip
+            ax.step(
+                *zip(*front, strict=True), where="post", color="gray", ls="--", label="Pareto front"
+            )
             ax.legend(fontsize=7)
         ax.set(xscale="log", xlabel=xlabel, ylabel="best test accuracy")
         ax.grid(alpha=0.3)

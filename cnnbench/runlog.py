@@ -110,8 +110,11 @@ def wait_for_a_later_second(out_dir: Path) -> None:
     """TensorBoard reads a run's event files in the order of their names, which begin with the
     second they were created: a resumed run's file must not share its second with the file
     of the run it continues (the purge of the points after the checkpoint would come first)."""
-    seconds = [int(p.name.split(".")[3]) for p in out_dir.glob("events.out.tfevents.*")
-               if p.name.split(".")[3].isdigit()]  # fmt: skip
+    seconds = [
+        int(p.name.split(".")[3])
+        for p in out_dir.glob("events.out.tfevents.*")
+        if p.name.split(".")[3].isdigit()
+    ]
     while seconds and int(time.time()) <= max(seconds):
         time.sleep(0.05)
 
@@ -168,10 +171,15 @@ class RunLog:
         every PROGRESS_EVERY_S seconds, so that a long epoch in a log file is not silent."""
         state = self.state
         self._bar = bar = tqdm(
-            loader.batches(), desc=f"epoch {epoch}/{epochs}", unit="batch", initial=loader.start,
-            total=len(loader), leave=False, disable=None if self.main else True,
+            loader.batches(),
+            desc=f"epoch {epoch}/{epochs}",
+            unit="batch",
+            initial=loader.start,
+            total=len(loader),
+            leave=False,
+            disable=None if self.main else True,
             dynamic_ncols=True,
-        )  # fmt: skip
+        )
         quiet = bar.disable and self.main
         next_line = time.monotonic() + PROGRESS_EVERY_S
         try:

@@ -40,9 +40,13 @@ def flatten(tree: dict, prefix: str = "") -> dict:
 
 
 # settings added since the first release, and what a run saved before them had
-ADDED_SETTINGS = {"trainer.deterministic": False, "trainer.matmul_precision": "highest",
-                  "trainer.threads": None, "trainer.tta": "none",
-                  "trainer.cuda_graph": "auto"}  # fmt: skip
+ADDED_SETTINGS = {
+    "trainer.deterministic": False,
+    "trainer.matmul_precision": "highest",
+    "trainer.threads": None,
+    "trainer.tta": "none",
+    "trainer.cuda_graph": "auto",
+}
 
 
 def run_identity(cfg: dict) -> dict:

@@ -201,8 +201,10 @@ class TrainState:
         for key in ("epochs_done", "batches_done", "step", "best_acc", "best_epoch", "history"):
             setattr(self, key, ckpt[key])
         self.window_steps, self.elapsed_s, self.wall_s = (
-            ckpt["window_steps"], ckpt["elapsed_s"], ckpt["wall_s"]
-        )  # fmt: skip
+            ckpt["window_steps"],
+            ckpt["elapsed_s"],
+            ckpt["wall_s"],
+        )
         own = ckpt.get("rank_sums", [])  # none in checkpoints before 0.1's redesign
         if len(own) == distributed.world_size():  # as many processes: each takes its own
             sums = own[distributed.rank()]

@@ -46,8 +46,9 @@ def betainc(a: float, b: float, x: float) -> float:
     """The regularised incomplete beta function I_x(a, b), 0 <= x <= 1."""
     if x <= 0 or x >= 1:
         return 0.0 if x <= 0 else 1.0
-    log_front = (math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b)
-                 + a * math.log(x) + b * math.log1p(-x))  # fmt: skip
+    log_front = (
+        math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    )
     if x < (a + 1) / (a + b + 2):  # the fraction converges fast here; else use the symmetry
         return math.exp(log_front) * _beta_fraction(a, b, x) / a
     return 1 - math.exp(log_front) * _beta_fraction(b, a, 1 - x) / b

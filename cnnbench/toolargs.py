@@ -12,8 +12,16 @@ from cnnbench.errors import ConfigError
 
 OVERRIDABLE = ("dataset.", "trainer.")  # the model and its settings come from the checkpoint
 # the example in "<key> needs a value: <key>=<example>"
-EXAMPLES = {"ckpt": "outputs/<run dir>", "images": "digit.png", "out": "<dir>", "invert": "auto",
-            "topk": "3", "n": "4", "classes": "Shirt,T-shirt/top", "index": "0,17"}  # fmt: skip
+EXAMPLES = {
+    "ckpt": "outputs/<run dir>",
+    "images": "digit.png",
+    "out": "<dir>",
+    "invert": "auto",
+    "topk": "3",
+    "n": "4",
+    "classes": "Shirt,T-shirt/top",
+    "index": "0,17",
+}
 
 
 @dataclass

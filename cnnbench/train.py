@@ -40,7 +40,7 @@ from cnnbench.runlog import RunLog
 from cnnbench.seeding import seed_everything
 from cnnbench.signals import Interrupted, StopSignals
 from cnnbench.startup import PHASES
-from cnnbench.state import Trainables, TrainState
+from cnnbench.state import EpochTotals, Trainables, TrainState
 from cnnbench.step import PlainStep, Runner, StaticStep, Step
 
 __all__ = ["Interrupted", "train"]
@@ -75,43 +75,85 @@ def train(
         status, diverged_at, lr = "ok", None, state.parts.optimizer.param_groups[0]["lr"]
         with StopSignals(every=cfg.trainer.log_every_n_steps) as stop:
             for epoch in range(state.epochs_done + 1, epochs + 1):
-                lr, diverged_at = train_one_epoch(state, runner, loaders, log, stop,
-                                                  epoch, cfg, out_dir)  # fmt: skip
+                lr, diverged_at = train_one_epoch(
+                    state, runner, loaders, log, stop, epoch, cfg, out_dir
+                )
                 totals = state.totals()  # over all processes
-                epoch_s = state.epoch_s()  # after .item(): the device is done
                 if diverged_at is not None or not math.isfinite(totals.train_loss):
                     status, diverged_at = "diverged", diverged_at or state.step
                     log.diverged(totals.train_loss, diverged_at, epoch, cfg.optimizer.lr)
                     break
 
-                figures = evaluate_all(engine, loaders, len(spec.classes), last=epoch == epochs)
-                best_test = max([r["test_acc"] for r in state.history] + [figures["test_acc"]])
-                row = dict(epoch=epoch, step=state.step, lr=lr, train_loss=totals.train_loss,
-                           train_acc=totals.train_acc, test_loss=figures["test_loss"],
-                           test_acc=figures["test_acc"], best_test_acc=best_test,
-                           epoch_s=epoch_s, images_per_s=totals.seen / epoch_s,
-                           val_loss=figures["val_loss"], val_acc=figures["val_acc"])  # fmt: skip
-                tracked = figures["test_acc"] if figures["val_acc"] is None else figures["val_acc"]
-                improved = state.end_epoch(row, tracked)
-                log.epoch(row, epochs)
-                state.save(out_dir / "last.pt")
-                if improved:  # the same checkpoint, linked rather than written twice
-                    state.copy(out_dir / "last.pt", out_dir / "best.pt")
+                figures = finish_epoch(state, engine, loaders, log, out_dir, epoch, lr, totals)
                 if epoch < epochs and stop.requested():
                     raise stop.stop(out_dir / "last.pt")
 
         if state.window_steps and status == "ok":  # steps since the last point: short runs
             log.train_point(state.window_loss(), lr, loaders.train)
-        return log.results(state, status, diverged_at=diverged_at, **figures, params=sum(
-            p.numel() for p in state.parts.model.parameters()), flops_per_image=flops,
-            device=str(device), resumed=bool(ckpt), threads=threads[0],
-            precision=precision_for(t.precision, device), step=runner.name)  # fmt: skip
+        return log.results(
+            state,
+            status,
+            diverged_at=diverged_at,
+            **figures,
+            params=sum(p.numel() for p in state.parts.model.parameters()),
+            flops_per_image=flops,
+            device=str(device),
+            resumed=bool(ckpt),
+            threads=threads[0],
+            precision=precision_for(t.precision, device),
+            step=runner.name,
+        )
+
+
+def finish_epoch(
+    state: TrainState,
+    engine: Engine,
+    loaders: Loaders,
+    log: RunLog,
+    out_dir: Path,
+    epoch: int,
+    lr: float,
+    totals: EpochTotals,
+) -> dict:
+    """After an epoch's training (`totals`: its sums over all processes, read already): the
+    evaluation, the epoch's row of metrics.csv, last.pt, and best.pt when the tracked accuracy
+    improved. Returns the evaluation's figures."""
+    epoch_s = state.epoch_s()  # after totals.train_loss's .item(): the device is done
+    epochs = state.parts.config["trainer"]["epochs"]
+    figures = evaluate_all(engine, loaders, state.parts.num_classes, last=epoch == epochs)
+    row = dict(
+        epoch=epoch,
+        step=state.step,
+        lr=lr,
+        train_loss=totals.train_loss,
+        train_acc=totals.train_acc,
+        test_loss=figures["test_loss"],
+        test_acc=figures["test_acc"],
+        best_test_acc=max([r["test_acc"] for r in state.history] + [figures["test_acc"]]),
+        epoch_s=epoch_s,
+        images_per_s=totals.seen / epoch_s,
+        val_loss=figures["val_loss"],
+        val_acc=figures["val_acc"],
+    )
+    tracked = figures["test_acc"] if figures["val_acc"] is None else figures["val_acc"]
+    improved = state.end_epoch(row, tracked)
+    log.epoch(row, epochs)
+    state.save(out_dir / "last.pt")
+    if improved:  # the same checkpoint, linked rather than written twice
+        state.copy(out_dir / "last.pt", out_dir / "best.pt")
+    return figures
 
 
 def train_one_epoch(
-    state: TrainState, step: Runner, loaders: Loaders, log: RunLog,
-    stop: StopSignals, epoch: int, cfg: DictConfig, out_dir: Path,
-) -> tuple[float, int | None]:  # fmt: skip
+    state: TrainState,
+    step: Runner,
+    loaders: Loaders,
+    log: RunLog,
+    stop: StopSignals,
+    epoch: int,
+    cfg: DictConfig,
+    out_dir: Path,
+) -> tuple[float, int | None]:
     """One pass over the training batches, from where `state` stands. Returns the learning
     rate of the last step, and the step at which the logged mean loss stopped being finite
     (None while it is). A stop signal saves the position mid-epoch and raises. `step` is the
@@ -139,9 +181,15 @@ def train_one_epoch(
 
 
 def announce(
-    log: RunLog, cfg: DictConfig, state: TrainState, loaders: Loaders, device: torch.device,
-    threads: tuple[int, str], resumed_from: Path | None, step: Runner,
-) -> None:  # fmt: skip
+    log: RunLog,
+    cfg: DictConfig,
+    state: TrainState,
+    loaders: Loaders,
+    device: torch.device,
+    threads: tuple[int, str],
+    resumed_from: Path | None,
+    step: Runner,
+) -> None:
     """The start lines: the model, data, device and threads; a busy machine; the processes;
     a captured step; where a resumed run picks up."""
     log.say(describe(cfg, state.parts.model, loaders, device, threads))
@@ -149,11 +197,15 @@ def announce(
     log.say(distributed.describe(device, cfg.dataset.batch_size))
     log.warn(step.why)
     if step.name == "captured":
-        log.say("the training step is captured in a CUDA graph and replayed for every full "
-                "batch (trainer.cuda_graph=false: the plain step)")  # fmt: skip
+        log.say(
+            "the training step is captured in a CUDA graph and replayed for every full "
+            "batch (trainer.cuda_graph=false: the plain step)"
+        )
     if resumed_from:
-        log.say(f"resuming {resumed_from} at step {state.step} (epoch {state.epochs_done + 1}, "
-                f"batch {state.batches_done})")  # fmt: skip
+        log.say(
+            f"resuming {resumed_from} at step {state.step} (epoch {state.epochs_done + 1}, "
+            f"batch {state.batches_done})"
+        )
 
 
 def build_run(
@@ -177,8 +229,9 @@ def build_run(
     steps = max(1, cfg.trainer.epochs * len(loaders.train))
     scheduler = build_scheduler(cfg, optimizer, steps)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.trainer.label_smoothing)
-    parts = Trainables(model, optimizer, scheduler, engine.scaler, config,
-                       spec.channels, len(spec.classes), size)  # fmt: skip
+    parts = Trainables(
+        model, optimizer, scheduler, engine.scaler, config, spec.channels, len(spec.classes), size
+    )
     state = TrainState(parts, device, started=started)
     step = Step(engine, optimizer, loss_fn, state, distributed.world_size())
     if kind == "captured":
@@ -202,8 +255,13 @@ def evaluate_all(engine: Engine, loaders: Loaders, classes: int, last: bool = Tr
     with engine.autocast:
         test = evaluate(forward, loaders.test, classes)
         val = evaluate(forward, loaders.val, classes) if loaders.val else None
-    return dict(test_loss=test.loss, test_acc=test.acc, test_confusion=test.confusion,
-                val_loss=val.loss if val else None, val_acc=val.acc if val else None)  # fmt: skip
+    return dict(
+        test_loss=test.loss,
+        test_acc=test.acc,
+        test_confusion=test.confusion,
+        val_loss=val.loss if val else None,
+        val_acc=val.acc if val else None,
+    )
 
 
 def last_figures(state: TrainState, engine: Engine, loaders: Loaders, log: RunLog) -> dict:

@@ -38,8 +38,10 @@ def sbatch(state_dir: str, args: list[str]) -> None:
     tasks = int(array.group(1)) + 1 if array else 1
     subprocess.Popen(
         [sys.executable, __file__, "run", state_dir, args[-1], str(tasks)],
-        start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     print(f"Submitted batch job {JOB_ID}")
 
 
@@ -54,10 +56,18 @@ def run(state_dir: str, script: str, tasks: int) -> None:
             time.sleep(0.1)
         (Path(state_dir) / job).write_text("RUNNING")
         env = dict(
-            os.environ, SLURM_JOB_ID=job, SLURM_ARRAY_JOB_ID=JOB_ID, SLURM_ARRAY_TASK_ID=str(task),
-            SLURM_NTASKS="1", SLURM_JOB_NUM_NODES="1", SLURM_NODEID="0", SLURM_PROCID="0",
-            SLURM_LOCALID="0", SLURM_JOB_NODELIST="localhost", FAKE_SLURM_TASK=str(task),
-        )  # fmt: skip
+            os.environ,
+            SLURM_JOB_ID=job,
+            SLURM_ARRAY_JOB_ID=JOB_ID,
+            SLURM_ARRAY_TASK_ID=str(task),
+            SLURM_NTASKS="1",
+            SLURM_JOB_NUM_NODES="1",
+            SLURM_NODEID="0",
+            SLURM_PROCID="0",
+            SLURM_LOCALID="0",
+            SLURM_JOB_NODELIST="localhost",
+            FAKE_SLURM_TASK=str(task),
+        )
         if tasks == 1:
             del env["SLURM_ARRAY_JOB_ID"], env["SLURM_ARRAY_TASK_ID"]
         code = subprocess.call(["bash", script], env=env)

@@ -46,9 +46,14 @@ def overrides(data_root, cache_dir) -> list[str]:
 def test_quick_run_prints_a_row_per_model_and_writes_json(tmp_path, data_root, cache_dir):
     out = tmp_path / "bench.json"
     proc = run_cli(
-        "--quick", "--no-process", "--json", str(out), *overrides(data_root, cache_dir),
-        cwd=tmp_path, module="cnnbench.bench",
-    )  # fmt: skip
+        "--quick",
+        "--no-process",
+        "--json",
+        str(out),
+        *overrides(data_root, cache_dir),
+        cwd=tmp_path,
+        module="cnnbench.bench",
+    )
     assert proc.returncode == 0, proc.stderr
     results = json.loads(out.read_text())
     assert results["machine"]["torch_threads"] >= 1
@@ -139,9 +144,16 @@ def test_ablation_measures_every_switch_side_by_side(tmp_path, data_root, cache_
     monkeypatch.setattr(torch, "compile", lambda model, **kwargs: model)
     out = tmp_path / "ablation.json"
     results = bench.main(
-        ["--ablation", "--quick", "--models", "lenet", "--json", str(out),
-         *overrides(data_root, cache_dir)]
-    )  # fmt: skip
+        [
+            "--ablation",
+            "--quick",
+            "--models",
+            "lenet",
+            "--json",
+            str(out),
+            *overrides(data_root, cache_dir),
+        ]
+    )
     rows = json.loads(out.read_text())["ablation"]
     assert rows == results["ablation"]
     assert [r["choice"] for r in rows] == [
@@ -161,8 +173,9 @@ def test_the_peak_is_measured_in_the_runs_compute_dtype(make_cfg, monkeypatch):
     from cnnbench.bench import compare
 
     asked = []
-    monkeypatch.setattr(compare, "matmul_peak_flops",
-                        lambda device, dtype=None: asked.append(dtype) or 1e9)  # fmt: skip
+    monkeypatch.setattr(
+        compare, "matmul_peak_flops", lambda device, dtype=None: asked.append(dtype) or 1e9
+    )
     peaks = {}
     cpu = torch.device("cpu")
     for precision in ("bf16", "bf16", "16-mixed", "32"):
@@ -175,8 +188,18 @@ def test_the_peak_is_measured_in_the_runs_compute_dtype(make_cfg, monkeypatch):
 def test_the_textbook_program_trains_lenet5_alone(data_root):
     from cnnbench.bench import process
 
-    wall, out = process.timed([sys.executable, str(process.TEXTBOOK), "--root", str(data_root),
-                               "--epochs", "1", "--limit-batches", "2"])  # fmt: skip
+    wall, out = process.timed(
+        [
+            sys.executable,
+            str(process.TEXTBOOK),
+            "--root",
+            str(data_root),
+            "--epochs",
+            "1",
+            "--limit-batches",
+            "2",
+        ]
+    )
     result = json.loads(out.strip().splitlines()[-1])
     assert wall > 0 and len(result["epochs"]) == 1 and 0 <= result["test_acc"] <= 1
 
@@ -192,11 +215,13 @@ def test_startup_is_measured_against_import_torch(data_root, cache_dir):
     assert {"import_torch_s", "data_s", "model_s", "writer_s"} <= set(s["phases_s"])
 
 
-def test_process_only_writes_just_the_whole_process_section(tmp_path, data_root, cache_dir,
-                                                            monkeypatch):  # fmt: skip
+def test_process_only_writes_just_the_whole_process_section(
+    tmp_path, data_root, cache_dir, monkeypatch
+):
     calls = []
-    monkeypatch.setattr(bench, "whole_process", lambda cfg, o, quick: calls.append(quick) or {
-        "startup": {}})  # fmt: skip
+    monkeypatch.setattr(
+        bench, "whole_process", lambda cfg, o, quick: calls.append(quick) or {"startup": {}}
+    )
     out = tmp_path / "p.json"
     bench.main(["--process-only", "--quick", "--json", str(out), *overrides(data_root, cache_dir)])
     written = json.loads(out.read_text())

@@ -19,10 +19,25 @@ from cnnbench.config import compose
 from cnnbench.train import Interrupted, train
 from tests.conftest import write_mnist_like
 
-RUN = ("model=mlp", "model.dropout=0.2", "optimizer=sgd", "optimizer.momentum=0.9",
-       "scheduler=cosine", "trainer.epochs=3", "dataset.batch_size=32")  # fmt: skip
-RESULTS = ("test_acc", "test_loss", "train_loss", "train_acc", "best_test_acc", "best_epoch",
-           "steps", "epochs_done")  # fmt: skip
+RUN = (
+    "model=mlp",
+    "model.dropout=0.2",
+    "optimizer=sgd",
+    "optimizer.momentum=0.9",
+    "scheduler=cosine",
+    "trainer.epochs=3",
+    "dataset.batch_size=32",
+)
+RESULTS = (
+    "test_acc",
+    "test_loss",
+    "train_loss",
+    "train_acc",
+    "best_test_acc",
+    "best_epoch",
+    "steps",
+    "epochs_done",
+)
 
 
 def signal_at_step(monkeypatch, step: int, signum: int = signal.SIGINT) -> None:
@@ -134,9 +149,17 @@ def test_a_kill_loses_at_most_the_epoch_in_progress(make_cfg, tmp_path, monkeypa
 
 def test_a_diverged_run_keeps_its_last_good_checkpoint(make_cfg, tmp_path):
     # the lr is multiplied by 1e6 after 2 epochs (19 steps each): epoch 3 diverges
-    cfg = make_cfg("model=mlp", "optimizer=sgd", "optimizer.lr=0.05", "scheduler=step",
-                   "scheduler.step_size=38", "scheduler.gamma=1e12", "trainer.epochs=4",
-                   "dataset.batch_size=32", "trainer.log_every_n_steps=1")  # fmt: skip
+    cfg = make_cfg(
+        "model=mlp",
+        "optimizer=sgd",
+        "optimizer.lr=0.05",
+        "scheduler=step",
+        "scheduler.step_size=38",
+        "scheduler.gamma=1e12",
+        "trainer.epochs=4",
+        "dataset.batch_size=32",
+        "trainer.log_every_n_steps=1",
+    )
     results = train(cfg, tmp_path)
     assert results["status"] == "diverged" and results["epochs_done"] == 2
     last = checkpoint.load(tmp_path / "last.pt")
@@ -258,8 +281,18 @@ def test_a_checkpoint_for_another_image_size_is_refused(make_cfg, tmp_path, refe
 def test_sweep_names_follow_the_command_line():
     from cnnbench.rundir import sweep_name
 
-    assert sweep_name(["-m", "model=mlp,lenet", "optimizer.lr=0.1", "dataset.root=/data",
-                       "hydra/launcher=joblib"]) == "model=mlp,lenet__optimizer.lr=0.1"  # fmt: skip
+    assert (
+        sweep_name(
+            [
+                "-m",
+                "model=mlp,lenet",
+                "optimizer.lr=0.1",
+                "dataset.root=/data",
+                "hydra/launcher=joblib",
+            ]
+        )
+        == "model=mlp,lenet__optimizer.lr=0.1"
+    )
     assert sweep_name(["-m", "optimizer.lr=0.1", "model=mlp,lenet"]) != sweep_name(
         ["-m", "model=mlp,lenet", "optimizer.lr=0.1"]
     )  # Hydra numbers the jobs in the order given
@@ -274,10 +307,17 @@ def test_a_checkpoint_written_before_the_redesign_resumes_exactly(tmp_path, cach
     root = tmp_path / "data"
     write_mnist_like(root / "fashion-mnist", n_train=200, n_test=50)
     overrides = [
-        "model=softmax", f"dataset.root={root}", f"dataset.cache_dir={cache_dir}",
-        "dataset.download=false", "trainer.device=cpu", "trainer.epochs=3",
-        "dataset.batch_size=64", "optimizer=sgd", "optimizer.momentum=0.9", "optimizer.lr=0.05",
-    ]  # fmt: skip
+        "model=softmax",
+        f"dataset.root={root}",
+        f"dataset.cache_dir={cache_dir}",
+        "dataset.download=false",
+        "trainer.device=cpu",
+        "trainer.epochs=3",
+        "dataset.batch_size=64",
+        "optimizer=sgd",
+        "optimizer.momentum=0.9",
+        "optimizer.lr=0.05",
+    ]
     old = tmp_path / "old"
     old.mkdir()
     shutil.copy(Path(__file__).parent / "data" / "format1_softmax_stopped.pt", old / "last.pt")

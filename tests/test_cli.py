@@ -22,8 +22,14 @@ def env() -> dict[str, str]:
 
 def cnnbench(*args: str, cwd, module: str = "cnnbench") -> subprocess.CompletedProcess:
     """`python -m cnnbench ...` run from `cwd`."""
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env(),
-                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=cwd,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def test_run_writes_its_files_and_prints_accuracy(tmp_path, data_root):
@@ -101,8 +107,12 @@ def test_divergence_exits_non_zero_but_a_sweep_goes_on(tmp_path, data_root):
 def test_equal_seeds_give_equal_results_across_processes(tmp_path, data_root):
     results = []
     for name, run in (("a", cnnbench), ("b", run_cli)):  # a child process, and this one
-        proc = run(*small_overrides(data_root, tmp_path / "cache"), "model=mlp",
-                   f"hydra.run.dir={tmp_path / name}", cwd=tmp_path)  # fmt: skip
+        proc = run(
+            *small_overrides(data_root, tmp_path / "cache"),
+            "model=mlp",
+            f"hydra.run.dir={tmp_path / name}",
+            cwd=tmp_path,
+        )
         assert proc.returncode == 0, proc.stderr
         results.append(json.loads((tmp_path / name / "results.json").read_text()))
     for key in ("test_acc", "test_loss", "train_loss", "train_acc"):
@@ -139,9 +149,12 @@ def test_real_mnist_mlp_one_epoch(tmp_path):
 
 def test_summary_prints_the_layers_without_reading_data(tmp_path):
     proc = run_cli(
-        "model=alexnet", "dataset=fashion_mnist", f"dataset.root={tmp_path / 'none'}",
-        cwd=tmp_path, module="cnnbench.summary",
-    )  # fmt: skip
+        "model=alexnet",
+        "dataset=fashion_mnist",
+        f"dataset.root={tmp_path / 'none'}",
+        cwd=tmp_path,
+        module="cnnbench.summary",
+    )
     assert proc.returncode == 0, proc.stderr
     assert "AlexNet for Fashion-MNIST: input 1x224x224" in proc.stdout
     assert "parameters            46,764,746" in proc.stdout

@@ -18,8 +18,9 @@ from tests.test_cli import cnnbench, env
 @pytest.mark.slow
 def test_a_sweep_through_submitit_local_completes_and_is_reported(tmp_path, data_root):
     args = [*small_overrides(data_root, tmp_path / "cache"), "model=lenet5", "trainer.epochs=1"]
-    proc = cnnbench("-m", "hydra/launcher=submitit_local", "optimizer.lr=0.001,0.003", *args,
-                    cwd=tmp_path)  # fmt: skip
+    proc = cnnbench(
+        "-m", "hydra/launcher=submitit_local", "optimizer.lr=0.001,0.003", *args, cwd=tmp_path
+    )
     assert proc.returncode == 0, proc.stderr
     [sweep] = (tmp_path / "outputs" / "multirun").iterdir()
     jobs = sorted(p.parent for p in sweep.glob("*/results.json"))
@@ -30,8 +31,14 @@ def test_a_sweep_through_submitit_local_completes_and_is_reported(tmp_path, data
     assert len(list(sweep.glob(".submitit/*/*_log.out"))) == 2
     assert "sweep " in proc.stdout and "2 runs (2 ok)" in proc.stdout
 
-    report = subprocess.run([sys.executable, "-m", "cnnbench.report", str(sweep)], cwd=tmp_path,
-                            env=env(), capture_output=True, text=True, timeout=300)  # fmt: skip
+    report = subprocess.run(
+        [sys.executable, "-m", "cnnbench.report", str(sweep)],
+        cwd=tmp_path,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert report.returncode == 0, report.stderr
     table = (sweep / "report.md").read_text()
     assert "| 0.001 |" in table and "| 0.003 |" in table
@@ -57,11 +64,20 @@ def test_hydra_launcher_slurm_submits_one_array_task_per_sweep_point(tmp_path, d
     child_env = env()
     child_env["PATH"] = f"{tmp_path / 'bin'}{os.pathsep}{child_env['PATH']}"
     args = [*small_overrides(data_root, tmp_path / "cache"), "model=lenet5", "trainer.epochs=1"]
-    command = [sys.executable, "-m", "cnnbench", "-m", "hydra/launcher=slurm",
-               "hydra.launcher.partition=debug", "hydra.launcher.array_parallelism=1",
-               "optimizer.lr=0.001,0.003", *args]  # fmt: skip
-    proc = subprocess.run(command, cwd=tmp_path, env=child_env, capture_output=True, text=True,
-                          timeout=600)  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "cnnbench",
+        "-m",
+        "hydra/launcher=slurm",
+        "hydra.launcher.partition=debug",
+        "hydra.launcher.array_parallelism=1",
+        "optimizer.lr=0.001,0.003",
+        *args,
+    ]
+    proc = subprocess.run(
+        command, cwd=tmp_path, env=child_env, capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr
     script = (tmp_path / "slurm" / f"{fake_slurm.JOB_ID}.sh").read_text()
     for line in ("--partition=debug", "--gpus-per-node=1", "--time=120", "--array=0-1%1"):

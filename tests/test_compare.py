@@ -33,8 +33,13 @@ def results(folder: Path) -> dict[str, dict]:
 def sweep(tmp_path_factory, data_root):
     """Three jobs, the second with an invalid learning rate; then the same command again."""
     tmp = tmp_path_factory.mktemp("sweep")
-    args = ["-m", *small_overrides(data_root, tmp / "cache"), "model=mlp", "optimizer=sgd",
-            "optimizer.lr=0.01,-1,0.1"]  # fmt: skip
+    args = [
+        "-m",
+        *small_overrides(data_root, tmp / "cache"),
+        "model=mlp",
+        "optimizer=sgd",
+        "optimizer.lr=0.01,-1,0.1",
+    ]
     first = run_cli(*args, cwd=tmp)
     folder = sweep_dir(tmp)
     before = {name: (folder / name / "results.json").stat().st_mtime_ns for name in results(folder)}
@@ -68,8 +73,14 @@ def test_the_best_run_is_written_out_and_reruns(sweep):
     best = (folder / "best_trial.yaml").read_text()
     assert "objective: test_acc" in best and (folder / "best_config.yaml").is_file()
     command = shlex.split(best.split("rerun: ", 1)[1].strip())
-    proc = subprocess.run([sys.executable, *command[1:]], cwd=tmp, env=env(), capture_output=True,
-                          text=True, timeout=300)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, *command[1:]],
+        cwd=tmp,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "test accuracy" in proc.stdout
 
@@ -91,8 +102,14 @@ def test_the_report_lists_every_run_with_its_figures(sweep):
 
 
 def test_a_killed_sweep_resumes_its_unfinished_job(tmp_path, data_root):
-    args = ["-m", *small_overrides(data_root, tmp_path / "cache"), "model=mlp",
-            "dataset.batch_size=16", "trainer.epochs=15", "optimizer.lr=0.01,0.02"]  # fmt: skip
+    args = [
+        "-m",
+        *small_overrides(data_root, tmp_path / "cache"),
+        "model=mlp",
+        "dataset.batch_size=16",
+        "trainer.epochs=15",
+        "optimizer.lr=0.01,0.02",
+    ]
     proc = spawn(*args, cwd=tmp_path)
     deadline = time.monotonic() + 120
     while not list(tmp_path.glob("outputs/multirun/*/0_*/last.pt")):
@@ -126,10 +143,23 @@ def test_tensorboard_compares_the_sweep_runs(sweep):
     _, folder, _, _, _ = sweep
     port = free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "tensorboard.main", "--logdir", str(folder), "--host", "127.0.0.1",
-         "--port", str(port), "--reload_interval", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env(),
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "tensorboard.main",
+            "--logdir",
+            str(folder),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--reload_interval",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env(),
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 90
@@ -156,9 +186,14 @@ def test_tensorboard_compares_the_sweep_runs(sweep):
         assert {"test/acc", "train/loss"} <= metrics
         groups = request(
             f"{base}/data/plugin/hparams/session_groups",
-            {"experimentName": "", "allowedStatuses": ["STATUS_UNKNOWN", "STATUS_SUCCESS"],
-             "colParams": [], "startIndex": 0, "sliceSize": 100},
-        )  # fmt: skip
+            {
+                "experimentName": "",
+                "allowedStatuses": ["STATUS_UNKNOWN", "STATUS_SUCCESS"],
+                "colParams": [],
+                "startIndex": 0,
+                "sliceSize": 100,
+            },
+        )
         sessions = {
             g["hparams"]["optimizer.lr"]: {m["name"]["tag"]: m["value"] for m in g["metricValues"]}
             for g in groups["sessionGroups"]
@@ -172,9 +207,14 @@ def test_tensorboard_compares_the_sweep_runs(sweep):
 
 
 def test_an_optuna_search_of_three_trials_writes_its_best_config(tmp_path, data_root):
-    proc = run_cli(*small_overrides(data_root, tmp_path / "cache"), "hparams_search=lenet_fashion",
-                    "hydra.sweeper.n_trials=3", "trainer.epochs=1", "dataset.val_size=100",
-                    cwd=tmp_path)  # fmt: skip
+    proc = run_cli(
+        *small_overrides(data_root, tmp_path / "cache"),
+        "hparams_search=lenet_fashion",
+        "hydra.sweeper.n_trials=3",
+        "trainer.epochs=1",
+        "dataset.val_size=100",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     folder = sweep_dir(tmp_path)
     done = results(folder)
@@ -188,17 +228,28 @@ def test_an_optuna_search_of_three_trials_writes_its_best_config(tmp_path, data_
 
 
 def test_a_search_without_a_validation_split_is_refused(tmp_path, data_root):
-    proc = run_cli(*small_overrides(data_root, tmp_path / "cache"), "hparams_search=lenet_fashion",
-                    "hydra.sweeper.n_trials=1", "dataset.val_size=0", cwd=tmp_path)  # fmt: skip
+    proc = run_cli(
+        *small_overrides(data_root, tmp_path / "cache"),
+        "hparams_search=lenet_fashion",
+        "hydra.sweeper.n_trials=1",
+        "dataset.val_size=0",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 2 and "needs a validation split" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert results(sweep_dir(tmp_path)) == {}  # no trial trained
 
 
 def test_the_joblib_launcher_runs_a_sweep_in_parallel(tmp_path, data_root):
-    proc = run_cli("-m", *small_overrides(data_root, tmp_path / "cache"), "hydra/launcher=joblib",
-                    "hydra.launcher.n_jobs=2", "model=mlp,softmax", "trainer.epochs=1",
-                    cwd=tmp_path)  # fmt: skip
+    proc = run_cli(
+        "-m",
+        *small_overrides(data_root, tmp_path / "cache"),
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        "model=mlp,softmax",
+        "trainer.epochs=1",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     done = results(sweep_dir(tmp_path))  # one sweep directory for both workers
     assert sorted(r["model"] for r in done.values()) == ["MLP", "Softmax"]

@@ -206,12 +206,15 @@ def test_image_size_is_resize_then_the_models_then_the_datasets(make_cfg, overri
         ),
         (
             ["model=densenet", "model.input_size=null"],
-            ["DenseNet takes images of at least 29x29", "Fashion-MNIST images are 28x28",
-             "dataset.resize=29"],
+            [
+                "DenseNet takes images of at least 29x29",
+                "Fashion-MNIST images are 28x28",
+                "dataset.resize=29",
+            ],
         ),
         (["model=nin", "model.input_size=40"], ["but model.input_size=40", "dataset.resize=67"]),
     ],
-)  # fmt: skip
+)
 def test_too_small_inputs_are_refused_with_the_size_that_works(make_cfg, overrides, words):
     with pytest.raises(ConfigError) as err:
         validate(make_cfg(*overrides))

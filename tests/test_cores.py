@@ -51,8 +51,9 @@ def test_live_runs_share_the_cores_and_dead_ones_are_forgotten(registry):
     try:
         cores.register()
         (registry / str(child.pid)).write_text("")
-        dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                              capture_output=True, text=True).stdout.strip()  # fmt: skip
+        dead = subprocess.run(
+            [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+        ).stdout.strip()
         (registry / dead).write_text("")
         assert cores.others_running() == 1  # the child; not this process, not the dead one
         assert not (registry / dead).exists()
@@ -114,12 +115,15 @@ def test_a_process_does_not_count_its_own_load(registry, monkeypatch):
     assert cores.others_load() == pytest.approx(17.5 - 800 / 60)
 
 
-@pytest.mark.parametrize("others,jobs,load,policy", [
-    (0, "1", 0.0, None),  # alone: OpenMP's default
-    (1, "1", 0.0, "PASSIVE"),  # another cnnbench run is live
-    (0, "2", 0.0, "PASSIVE"),  # joblib's two jobs
-    (0, "1", 9.0, "PASSIVE"),  # a busy machine
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "others,jobs,load,policy",
+    [
+        (0, "1", 0.0, None),  # alone: OpenMP's default
+        (1, "1", 0.0, "PASSIVE"),  # another cnnbench run is live
+        (0, "2", 0.0, "PASSIVE"),  # joblib's two jobs
+        (0, "1", 9.0, "PASSIVE"),  # a busy machine
+    ],
+)
 def test_threads_sleep_when_the_cores_are_shared(monkeypatch, others, jobs, load, policy):
     monkeypatch.setattr(cores, "others_running", lambda paused=False: others)
     monkeypatch.setenv("CNNBENCH_JOBS", jobs)

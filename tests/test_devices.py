@@ -36,16 +36,22 @@ def test_a_deterministic_run_resumes_bit_identically(make_cfg, tmp_path, monkeyp
         with pytest.raises(Interrupted):
             train(on(make_cfg, device, *run), tmp_path / "stopped")
         monkeypatch.undo()
-        resumed = train(on(make_cfg, device, *run), tmp_path / "stopped",
-                        resume=tmp_path / "stopped" / "last.pt")  # fmt: skip
+        resumed = train(
+            on(make_cfg, device, *run),
+            tmp_path / "stopped",
+            resume=tmp_path / "stopped" / "last.pt",
+        )
     finally:
         torch.use_deterministic_algorithms(False)
     for key in ("train_loss", "test_loss", "test_acc", "steps"):
         assert resumed[key] == whole[key], key
 
 
-SWITCHES = [["trainer.precision=bf16"], ["trainer.precision=16-mixed"],
-            ["trainer.channels_last=true", "model=lenet_bn"]]  # fmt: skip
+SWITCHES = [
+    ["trainer.precision=bf16"],
+    ["trainer.precision=16-mixed"],
+    ["trainer.channels_last=true", "model=lenet_bn"],
+]
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -70,8 +76,9 @@ def test_compile_trains_and_saves_plain_weights(make_cfg, tmp_path, device):
 @pytest.mark.parametrize("device", DEVICES)
 def test_eval_on_the_device_gives_the_logged_accuracy(make_cfg, tmp_path, device, capsys):
     results = train(on(make_cfg, device), tmp_path / "run")
-    result = evaluate_checkpoint([f"ckpt={tmp_path / 'run'}", f"trainer.device={device}",
-                                  f"out={tmp_path / 'eval'}"])  # fmt: skip
+    result = evaluate_checkpoint(
+        [f"ckpt={tmp_path / 'run'}", f"trainer.device={device}", f"out={tmp_path / 'eval'}"]
+    )
     assert result.acc == results["test_acc"]
 
 
@@ -80,8 +87,13 @@ def test_eval_on_the_device_gives_the_logged_accuracy(make_cfg, tmp_path, device
 def test_the_captured_step_trains_as_the_plain_step(make_cfg, tmp_path):
     """Deterministic kernels on both sides: the replayed graph runs the kernels the eager
     static step runs, so the runs agree to rounding (float32 sums in another order at most)."""
-    run = ["model=lenet_bn", "trainer.epochs=2", "trainer.deterministic=true",
-           "optimizer.fused=true", "dataset.translate=1"]  # fmt: skip
+    run = [
+        "model=lenet_bn",
+        "trainer.epochs=2",
+        "trainer.deterministic=true",
+        "optimizer.fused=true",
+        "dataset.translate=1",
+    ]
     try:
         plain = train(on(make_cfg, "cuda", *run, "trainer.cuda_graph=false"), tmp_path / "plain")
         captured = train(on(make_cfg, "cuda", *run), tmp_path / "captured")

@@ -32,9 +32,19 @@ def loader(rank: int, world_size: int, **kwargs) -> data.DeviceLoader:
     images = torch.arange(103 * 4, dtype=torch.uint8).view(103, 1, 2, 2)
     labels = torch.arange(103)
     return data.DeviceLoader(
-        images, labels, 10, torch.device("cpu"), mean=(0.0,), std=(1.0,), normalize=False,
-        shuffle=True, seed=3, rank=rank, world_size=world_size, **kwargs,
-    )  # fmt: skip
+        images,
+        labels,
+        10,
+        torch.device("cpu"),
+        mean=(0.0,),
+        std=(1.0,),
+        normalize=False,
+        shuffle=True,
+        seed=3,
+        rank=rank,
+        world_size=world_size,
+        **kwargs,
+    )
 
 
 @pytest.mark.parametrize("world_size", [2, 3])
@@ -83,9 +93,15 @@ def _in_group(rank: int, world_size: int, init: str, test: str) -> None:
             labels = torch.randint(0, 10, (50,))
             model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))
             make = lambda r, w: data.DeviceLoader(  # noqa: E731
-                images, labels, 8, torch.device("cpu"), mean=(0.5,), std=(0.5,),
-                rank=r, world_size=w,
-            )  # fmt: skip
+                images,
+                labels,
+                8,
+                torch.device("cpu"),
+                mean=(0.5,),
+                std=(0.5,),
+                rank=r,
+                world_size=w,
+            )
             mine = evaluate(model, make(rank, world_size), 10)
             dist.destroy_process_group()
             whole = evaluate(model, make(0, 1), 10)
@@ -106,17 +122,39 @@ def test_in_a_real_process_group(tmp_path, test):
 
 # plain SGD, whose step follows the gradient's scale; batches of 31 split 16/15 between the
 # two ranks (and the epoch's last, of 11, 6/5), so every step needs the ranks' loss weights
-RUN = ["model=lenet5", "dataset.batch_size=31", "trainer.epochs=3", "optimizer=sgd",
-       "optimizer.lr=0.05", "optimizer.momentum=0.9", "dataset.translate=1",
-       "trainer.log_every_n_steps=3"]  # fmt: skip
+RUN = [
+    "model=lenet5",
+    "dataset.batch_size=31",
+    "trainer.epochs=3",
+    "optimizer=sgd",
+    "optimizer.lr=0.05",
+    "optimizer.momentum=0.9",
+    "dataset.translate=1",
+    "trainer.log_every_n_steps=3",
+]
 STEPS = 20  # per epoch: 600 images in batches of 31
 
 
 def torchrun(*args: str, cwd: Path, nproc: int = 2, **popen) -> subprocess.Popen:
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc_per_node={nproc}", "-m", "cnnbench", *args]  # fmt: skip
-    return subprocess.Popen(command, cwd=cwd, env=env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, **popen)  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "cnnbench",
+        *args,
+    ]
+    return subprocess.Popen(
+        command,
+        cwd=cwd,
+        env=env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **popen,
+    )
 
 
 def results(run_dir: Path) -> dict:
@@ -230,9 +268,14 @@ def test_a_stopped_run_resumes_with_any_number_of_processes(runs, stopped, tmp_p
     if how == "torchrun":
         resumed = torchrun(*command[5:], cwd=tmp_path)
     else:  # the global batch stays the same, so may the number of processes change
-        resumed = subprocess.Popen([sys.executable, "-m", *command[4:]], cwd=tmp_path,
-                                   env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                   text=True)  # fmt: skip
+        resumed = subprocess.Popen(
+            [sys.executable, "-m", *command[4:]],
+            cwd=tmp_path,
+            env=env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
     _, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err
     got, want = results(run_dir), results(reference)
@@ -319,8 +362,13 @@ def test_under_torchrun_a_stop_is_asked_for_at_the_log_cadence(monkeypatch):
 def test_one_process_under_torchrun_joins_a_group_of_one(data_root, tmp_path, device):
     """On a GPU the sums over the processes then go through NCCL (scripts/gpu_check.sh)."""
     run_dir = tmp_path / "run"
-    args = [*small_overrides(data_root, tmp_path / "cache"), "model=mlp", "trainer.epochs=1",
-            f"trainer.device={device}", f"hydra.run.dir={run_dir}"]  # fmt: skip
+    args = [
+        *small_overrides(data_root, tmp_path / "cache"),
+        "model=mlp",
+        "trainer.epochs=1",
+        f"trainer.device={device}",
+        f"hydra.run.dir={run_dir}",
+    ]
     proc = torchrun(*args, cwd=tmp_path, nproc=1)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err

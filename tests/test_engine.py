@@ -121,8 +121,9 @@ def overflowing_loss_scale(monkeypatch) -> None:
 
 def test_channels_last_computes_the_same(make_cfg, tmp_path):
     plain = train(make_cfg("model=lenet_bn", "trainer.epochs=1"), tmp_path / "a")
-    nhwc = train(make_cfg("model=lenet_bn", "trainer.epochs=1", "trainer.channels_last=true"),
-                 tmp_path / "b")  # fmt: skip
+    nhwc = train(
+        make_cfg("model=lenet_bn", "trainer.epochs=1", "trainer.channels_last=true"), tmp_path / "b"
+    )
     assert nhwc["train_loss"] == pytest.approx(plain["train_loss"], rel=1e-4)
     assert nhwc["test_acc"] == pytest.approx(plain["test_acc"], abs=0.01)
 
@@ -149,9 +150,17 @@ def test_unknown_precision_is_a_config_error(make_cfg, tmp_path):
 
 def loader(images, labels, **aug) -> data.DeviceLoader:
     return data.DeviceLoader(
-        images, labels, 16, torch.device("cpu"), mean=(0.0,), std=(1 / 255,), normalize=True,
-        shuffle=True, seed=3, **aug,
-    )  # fmt: skip
+        images,
+        labels,
+        16,
+        torch.device("cpu"),
+        mean=(0.0,),
+        std=(1 / 255,),
+        normalize=True,
+        shuffle=True,
+        seed=3,
+        **aug,
+    )
 
 
 def shifted(image: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
@@ -246,9 +255,13 @@ def test_compile_is_asked_for_static_shapes(make_cfg, monkeypatch):
 
 @pytest.mark.parametrize(
     "precision,device,fused,expected",
-    [("16-mixed", "cuda", "null", True), ("16-mixed", "cpu", "null", None),
-     ("32", "cuda", "null", None), ("16-mixed", "cuda", "false", False)],
-)  # fmt: skip
+    [
+        ("16-mixed", "cuda", "null", True),
+        ("16-mixed", "cpu", "null", None),
+        ("32", "cuda", "null", None),
+        ("16-mixed", "cuda", "false", False),
+    ],
+)
 def test_float16_on_a_gpu_fuses_the_update(make_cfg, precision, device, fused, expected):
     """GradScaler.step reads found_inf on the host unless the optimizer is fused."""
     from cnnbench.build import build_optimizer
@@ -316,8 +329,9 @@ def test_a_run_records_its_threads_precision_and_startup(make_cfg, tmp_path):
     phases = results["startup"]
     for key in ("setup_s", "data_s", "model_s", "flops_s", "writer_s", "first_batch_s"):
         assert phases[key] >= 0, key
-    assert phases["total_s"] == pytest.approx(sum(v for k, v in phases.items()
-                                                  if k != "total_s"), abs=0.02)  # fmt: skip
+    assert phases["total_s"] == pytest.approx(
+        sum(v for k, v in phases.items() if k != "total_s"), abs=0.02
+    )
 
 
 @pytest.mark.parametrize("units,expected", [(True, "bf16"), (False, "32")])
@@ -371,8 +385,15 @@ def test_tta_averages_the_views():
 
 def test_a_run_evaluates_with_tta(make_cfg, tmp_path):
     plain = train(make_cfg("model=lenet", "trainer.epochs=1"), tmp_path / "plain")
-    tta = train(make_cfg("model=lenet", "trainer.epochs=1", "trainer.tta=flip_translate",
-                         "trainer.channels_last=true"), tmp_path / "tta")  # fmt: skip
+    tta = train(
+        make_cfg(
+            "model=lenet",
+            "trainer.epochs=1",
+            "trainer.tta=flip_translate",
+            "trainer.channels_last=true",
+        ),
+        tmp_path / "tta",
+    )
     assert tta["status"] == "ok"
     assert tta["test_loss"] != plain["test_loss"]  # other logits: the views were averaged
 

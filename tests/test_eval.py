@@ -16,8 +16,12 @@ def run_dir(tmp_path_factory, data_root):
     from tests.conftest import small_overrides
 
     out = tmp_path_factory.mktemp("eval")
-    overrides = [*small_overrides(data_root, out / "cache"), "model=mlp", "trainer.epochs=1",
-                 "trainer.limit_train_batches=1"]  # fmt: skip
+    overrides = [
+        *small_overrides(data_root, out / "cache"),
+        "model=mlp",
+        "trainer.epochs=1",
+        "trainer.limit_train_batches=1",
+    ]
     cfg = compose(overrides)
     results = train(cfg, out / "run")
     return out / "run", results
@@ -48,8 +52,14 @@ def test_eval_prints_per_class_accuracy_and_writes_the_confusion_matrix(run_dir,
 
 def test_eval_takes_a_run_directory_dataset_overrides_and_an_out_dir(run_dir, tmp_path, capsys):
     path, _ = run_dir
-    result = main([f"ckpt={path}", f"out={tmp_path}", "trainer.limit_test_batches=1",
-                   "trainer.eval_batch_size=100"])  # fmt: skip
+    result = main(
+        [
+            f"ckpt={path}",
+            f"out={tmp_path}",
+            "trainer.limit_test_batches=1",
+            "trainer.eval_batch_size=100",
+        ]
+    )
     assert "100 images" in capsys.readouterr().out
     with open(tmp_path / "confusion_matrix.csv", newline="") as f:
         _, *rows = csv.reader(f)

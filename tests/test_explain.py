@@ -18,8 +18,14 @@ def run_dir(tmp_path_factory, data_root):
     from tests.conftest import small_overrides
 
     out = tmp_path_factory.mktemp("explain")
-    cfg = compose([*small_overrides(data_root, out / "cache"), "model=lenet", "trainer.epochs=1",
-                   "trainer.limit_train_batches=3"])  # fmt: skip
+    cfg = compose(
+        [
+            *small_overrides(data_root, out / "cache"),
+            "model=lenet",
+            "trainer.epochs=1",
+            "trainer.limit_train_batches=3",
+        ]
+    )
     train(cfg, out / "run")
     return out / "run"
 
@@ -45,9 +51,13 @@ def test_explain_draws_feature_maps_filters_and_heatmaps_of_the_most_confused_pa
     # LeNet's stages that are still images: conv, sigmoid, pool, conv, sigmoid, pool
     stages = summary["stages"]
     assert [(s["module"], s["shape"]) for s in stages] == [
-        ("Conv2d", [6, 24, 24]), ("Sigmoid", [6, 24, 24]), ("MaxPool2d", [6, 12, 12]),
-        ("Conv2d", [16, 8, 8]), ("Sigmoid", [16, 8, 8]), ("MaxPool2d", [16, 4, 4]),
-    ]  # fmt: skip
+        ("Conv2d", [6, 24, 24]),
+        ("Sigmoid", [6, 24, 24]),
+        ("MaxPool2d", [6, 12, 12]),
+        ("Conv2d", [16, 8, 8]),
+        ("Sigmoid", [16, 8, 8]),
+        ("MaxPool2d", [16, 4, 4]),
+    ]
     for s in stages:  # a row per image, a column per channel
         columns = min(s["shape"][0], MAX_CHANNELS)
         assert Image.open(out / s["file"]).size == grid_size(5, columns, s["shape"][2]), s
@@ -57,15 +67,26 @@ def test_explain_draws_feature_maps_filters_and_heatmaps_of_the_most_confused_pa
     assert summary["gradcam"] == {"library": "torchcam", "method": "GradCAM", "layer": "5"}
     assert Image.open(out / "overview.png").size[0] > 800
     tags = EventAccumulator(str(out)).Reload().Tags()["images"]
-    assert {"explain/filters", "explain/gradcam", "explain/overview",
-            "explain/features_0_Conv2d"} <= set(tags)  # fmt: skip
+    assert {
+        "explain/filters",
+        "explain/gradcam",
+        "explain/overview",
+        "explain/features_0_Conv2d",
+    } <= set(tags)
 
 
 def test_explain_takes_classes_indices_and_files(run_dir, tmp_path):
     Image.new("L", (40, 40), 255).save(tmp_path / "white.png")
-    ran = run_cli(f"ckpt={run_dir}", "classes=Shirt,T-shirt/top", "n=1", "index=3",
-                  f"images={tmp_path / 'white.png'}", f"out={tmp_path / 'x'}", cwd=tmp_path,
-                  module="cnnbench.explain")  # fmt: skip
+    ran = run_cli(
+        f"ckpt={run_dir}",
+        "classes=Shirt,T-shirt/top",
+        "n=1",
+        "index=3",
+        f"images={tmp_path / 'white.png'}",
+        f"out={tmp_path / 'x'}",
+        cwd=tmp_path,
+        module="cnnbench.explain",
+    )
     assert ran.returncode == 0, ran.stderr
     images = json.loads((tmp_path / "x" / "explain.json").read_text())["images"]
     assert images[0]["image"] == "white.png" and images[0]["true"] is None
@@ -75,8 +96,13 @@ def test_explain_takes_classes_indices_and_files(run_dir, tmp_path):
 
 def test_explain_looks_at_no_more_than_max_images(run_dir, tmp_path):
     wanted = MAX_IMAGES + 4
-    ran = run_cli(f"ckpt={run_dir}", f"index={','.join(map(str, range(wanted)))}",
-                  f"out={tmp_path / 'x'}", cwd=tmp_path, module="cnnbench.explain")  # fmt: skip
+    ran = run_cli(
+        f"ckpt={run_dir}",
+        f"index={','.join(map(str, range(wanted)))}",
+        f"out={tmp_path / 'x'}",
+        cwd=tmp_path,
+        module="cnnbench.explain",
+    )
     assert ran.returncode == 0, ran.stderr
     assert f"looking at the first {MAX_IMAGES} of {wanted} images" in ran.stdout
     images = json.loads((tmp_path / "x" / "explain.json").read_text())["images"]
@@ -95,9 +121,13 @@ def test_explain_looks_at_no_more_than_max_images(run_dir, tmp_path):
     ],
 )
 def test_explain_refuses_bad_input_with_one_message(run_dir, tmp_path, args, words):
-    ran = run_cli(f"ckpt={run_dir}", f"out={tmp_path / 'x'}",
-                  *[a.format(tmp=tmp_path) for a in args], cwd=tmp_path,
-                  module="cnnbench.explain")  # fmt: skip
+    ran = run_cli(
+        f"ckpt={run_dir}",
+        f"out={tmp_path / 'x'}",
+        *[a.format(tmp=tmp_path) for a in args],
+        cwd=tmp_path,
+        module="cnnbench.explain",
+    )
     assert ran.returncode == 2
     assert ran.stderr.startswith("cnnbench.explain: error: ") and words in ran.stderr
     assert not (tmp_path / "x").exists()

@@ -20,14 +20,26 @@ from tests.test_cli import env
 pytestmark = pytest.mark.slow
 
 # 19 steps per epoch, 12 epochs: long enough to be stopped part-way
-RUN = ["model=mlp", "dataset.batch_size=32", "trainer.epochs=12", "optimizer=sgd",
-       "optimizer.momentum=0.9", "scheduler=cosine"]  # fmt: skip
+RUN = [
+    "model=mlp",
+    "dataset.batch_size=32",
+    "trainer.epochs=12",
+    "optimizer=sgd",
+    "optimizer.momentum=0.9",
+    "scheduler=cosine",
+]
 SAME = ("test_acc", "test_loss", "train_loss", "train_acc", "best_test_acc", "steps", "epochs_done")
 
 
 def spawn(*args: str, cwd: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "cnnbench", *args], cwd=cwd, env=env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-m", "cnnbench", *args],
+        cwd=cwd,
+        env=env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def wait_for_epochs(run_dir: Path, epochs: int, proc: subprocess.Popen) -> None:
@@ -64,8 +76,12 @@ def test_a_signal_saves_prints_the_resume_command_and_resuming_matches(
 ):
     full, full_dir = reference
     run_dir = tmp_path / "run"
-    proc = spawn(*small_overrides(data_root, tmp_path / "cache"), *RUN,
-                 f"hydra.run.dir={run_dir}", cwd=tmp_path)  # fmt: skip
+    proc = spawn(
+        *small_overrides(data_root, tmp_path / "cache"),
+        *RUN,
+        f"hydra.run.dir={run_dir}",
+        cwd=tmp_path,
+    )
     wait_for_epochs(run_dir, 2, proc)
     proc.send_signal(signum)
     _, stderr = proc.communicate(timeout=60)
@@ -130,8 +146,13 @@ def test_a_second_ctrl_c_stops_at_once(tmp_path, data_root):
     # a ResNet-18 step at 96x96 takes a few seconds on a CPU: time to press Ctrl-C twice (the
     # second once the first has been seen; signals that arrive together count once)
     run_dir = tmp_path / "run"
-    proc = spawn(*small_overrides(data_root, tmp_path / "cache"), "model=resnet",
-                 "dataset.resize=96", f"hydra.run.dir={run_dir}", cwd=tmp_path)  # fmt: skip
+    proc = spawn(
+        *small_overrides(data_root, tmp_path / "cache"),
+        "model=resnet",
+        "dataset.resize=96",
+        f"hydra.run.dir={run_dir}",
+        cwd=tmp_path,
+    )
     wait_for_log(run_dir, "parameters, device", proc)
     time.sleep(0.5)
     proc.send_signal(signal.SIGINT)

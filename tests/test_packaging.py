@@ -14,9 +14,17 @@ from tests.conftest import REPO
 pytestmark = pytest.mark.slow
 
 NOT_SOURCE = shutil.ignore_patterns(
-    ".git", "build", "*.egg-info", "outputs", "multirun", "data", ".venv", "__pycache__",
-    ".pytest_cache", ".ruff_cache",
-)  # fmt: skip
+    ".git",
+    "build",
+    "*.egg-info",
+    "outputs",
+    "multirun",
+    "data",
+    ".venv",
+    "__pycache__",
+    ".pytest_cache",
+    ".ruff_cache",
+)
 
 
 def run(*args, **kwargs) -> subprocess.CompletedProcess:
@@ -42,13 +50,20 @@ def test_wheel_ships_configs_and_runs_from_anywhere(tmp_path):
     venv = tmp_path / "venv"
     run(sys.executable, "-m", "venv", "--without-pip", venv, check=True)
     python = venv / "bin" / "python"
-    purelib = run(python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])",
-                  check=True).stdout.strip()  # fmt: skip
+    purelib = run(
+        python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])", check=True
+    ).stdout.strip()
     (Path(purelib) / "outer.pth").write_text("\n".join(site.getsitepackages()) + "\n")
     run(python, "-m", "pip", "install", "-q", "--no-deps", wheel, check=True)  # this venv's pip
     proc = run(python, "-P", "-m", "cnnbench", "--cfg", "job", "model=mlp", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "cnnbench.models.MLP" in proc.stdout
-    where = run(python, "-P", "-c", "import cnnbench.config as c; print(c.CONFIG_DIR)",
-                cwd=tmp_path, check=True).stdout  # fmt: skip
+    where = run(
+        python,
+        "-P",
+        "-c",
+        "import cnnbench.config as c; print(c.CONFIG_DIR)",
+        cwd=tmp_path,
+        check=True,
+    ).stdout
     assert str(venv) in where

@@ -35,8 +35,14 @@ def trained(tmp_path_factory):
         images, labels = patterns(n, seed)
         write_idx(tmp / "data" / "mnist" / f"{split}-images-idx3-ubyte", images)
         write_idx(tmp / "data" / "mnist" / f"{split}-labels-idx1-ubyte", labels)
-    cfg = compose([*small_overrides(tmp / "data", tmp / "cache"), "dataset=mnist", "model=mlp",
-                   "trainer.epochs=3"])  # fmt: skip
+    cfg = compose(
+        [
+            *small_overrides(tmp / "data", tmp / "cache"),
+            "dataset=mnist",
+            "model=mlp",
+            "trainer.epochs=3",
+        ]
+    )
     results = train(cfg, tmp / "run")
     assert results["test_acc"] > 0.95
     return tmp
@@ -61,8 +67,14 @@ def write_inputs(folder):
 
 def test_predict_inverts_dark_on_light_predicts_the_rest_and_names_the_bad_files(trained, tmp_path):
     folder = write_inputs(tmp_path / "in")
-    ran = run_cli(f"ckpt={trained / 'run'}", f"images={folder}", "topk=2",
-                  f"out={tmp_path / 'out'}", cwd=tmp_path, module="cnnbench.predict")  # fmt: skip
+    ran = run_cli(
+        f"ckpt={trained / 'run'}",
+        f"images={folder}",
+        "topk=2",
+        f"out={tmp_path / 'out'}",
+        cwd=tmp_path,
+        module="cnnbench.predict",
+    )
     assert ran.returncode == 2
     errors = ran.stderr.splitlines()
     assert errors[0] == f"cnnbench.predict: error: {folder / 'd_empty.png'}: the file is empty"
@@ -124,9 +136,14 @@ def test_invert_overrides_padding_and_expand(tmp_path):
 def test_forced_inversion_says_invert_true_and_records_it(trained, tmp_path):
     images, _ = patterns(10, 4)
     Image.fromarray(255 - images[0]).save(tmp_path / "dark_on_light.png")
-    ran = run_cli(f"ckpt={trained / 'run'}", f"images={tmp_path / 'dark_on_light.png'}",
-                  "invert=true", f"out={tmp_path / 'out'}", cwd=tmp_path,
-                  module="cnnbench.predict")  # fmt: skip
+    ran = run_cli(
+        f"ckpt={trained / 'run'}",
+        f"images={tmp_path / 'dark_on_light.png'}",
+        "invert=true",
+        f"out={tmp_path / 'out'}",
+        cwd=tmp_path,
+        module="cnnbench.predict",
+    )
     assert ran.returncode == 0, ran.stderr
     assert ran.stdout.splitlines()[0].endswith(" (inverted: invert=true)")
     assert "lighter" not in ran.stdout  # its border is darker: inverted only because it was told
@@ -165,8 +182,13 @@ def test_an_unwritable_out_names_the_folder_and_why(trained, tmp_path):
     Image.fromarray(images[0]).save(tmp_path / "x.png")
     (tmp_path / "a_file").write_text("")
     out = tmp_path / "a_file" / "predict"
-    ran = run_cli(f"ckpt={trained / 'run'}", f"images={tmp_path / 'x.png'}", f"out={out}",
-                  cwd=tmp_path, module="cnnbench.predict")  # fmt: skip
+    ran = run_cli(
+        f"ckpt={trained / 'run'}",
+        f"images={tmp_path / 'x.png'}",
+        f"out={out}",
+        cwd=tmp_path,
+        module="cnnbench.predict",
+    )
     assert ran.returncode == 2
     assert (
         ran.stderr

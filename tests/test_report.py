@@ -14,13 +14,25 @@ from cnnbench.runs import confusion_csv
 
 def fake_run(folder, model, lr, accs, status="ok", wall=10.0, params=1000, seed=0):
     folder.mkdir(parents=True)
-    config = {"model": {"_target_": f"cnnbench.models.{model}"}, "optimizer": {"lr": lr},
-              "dataset": {"name": "fashion_mnist", "root": str(folder)},
-              "trainer": {"seed": seed}}  # fmt: skip
-    results = {"status": status, "model": model, "dataset": "fashion_mnist", "params": params,
-               "flops_per_image": 5e5, "test_acc": accs[-1] if accs else None,
-               "best_test_acc": max(accs) if accs else None, "epochs_done": len(accs),
-               "wall_s": wall, "train_images_per_s": 1e4, "config": config}  # fmt: skip
+    config = {
+        "model": {"_target_": f"cnnbench.models.{model}"},
+        "optimizer": {"lr": lr},
+        "dataset": {"name": "fashion_mnist", "root": str(folder)},
+        "trainer": {"seed": seed},
+    }
+    results = {
+        "status": status,
+        "model": model,
+        "dataset": "fashion_mnist",
+        "params": params,
+        "flops_per_image": 5e5,
+        "test_acc": accs[-1] if accs else None,
+        "best_test_acc": max(accs) if accs else None,
+        "epochs_done": len(accs),
+        "wall_s": wall,
+        "train_images_per_s": 1e4,
+        "config": config,
+    }
     if status == "error":
         results["error"] = "ConfigError: optimizer.lr=-1 is not allowed"
     (folder / "results.json").write_text(json.dumps(results))
@@ -90,9 +102,20 @@ def test_the_report_runs_without_importing_torch(sweep, tmp_path):
     import subprocess
 
     proc = subprocess.run(
-        [sys.executable, "-X", "importtime", "-m", "cnnbench.report", str(sweep), "--out",
-         str(tmp_path / "out")], capture_output=True, text=True, check=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-X",
+            "importtime",
+            "-m",
+            "cnnbench.report",
+            str(sweep),
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert (tmp_path / "out" / "report.md").is_file()
     imported = [line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines()]
     assert "cnnbench.atomic" in imported  # what the report imports of cnnbench
@@ -129,8 +152,9 @@ def test_runs_that_differ_only_in_the_seed_are_grouped_with_mean_and_std(seeded,
     with open(tmp_path / "out" / "groups.csv", newline="") as f:
         groups = list(csv.DictReader(f))
     assert [(g["group"], g["model"], g["n"], g["seeds"]) for g in groups] == [
-        ("G1", "ResNetMini", "3", "0 1 2"), ("G2", "LeNet", "3", "0 1 2"),
-    ]  # fmt: skip
+        ("G1", "ResNetMini", "3", "0 1 2"),
+        ("G2", "LeNet", "3", "0 1 2"),
+    ]
     for g, model in zip(groups, ("ResNetMini", "LeNet"), strict=True):
         final = [accs[-1] for accs, _ in SEEDED[model]]
         best = [max(accs) for accs, _ in SEEDED[model]]
@@ -156,8 +180,16 @@ def test_a_difference_within_the_noise_says_so(tmp_path):
     assert "| G2 | 0.01 | MLP |" in text and "within the noise" in text
     with open(tmp_path / "out" / "groups.csv", newline="") as f:
         rows = list(csv.reader(f))
-    assert rows[0][:8] == ["group", "optimizer.lr", "model", "dataset", "runs", "n", "seeds",
-                           "best_test_acc_mean"]  # fmt: skip
+    assert rows[0][:8] == [
+        "group",
+        "optimizer.lr",
+        "model",
+        "dataset",
+        "runs",
+        "n",
+        "seeds",
+        "best_test_acc_mean",
+    ]
     assert rows[0][-1] == "welch_p_vs_g1" and {len(r) for r in rows} == {len(rows[0])}
     g2 = dict(zip(rows[0], rows[2], strict=True))
     assert (g2["optimizer.lr"], g2["model"], g2["n"], g2["seeds"]) == ("0.01", "MLP", "3", "0 1 2")

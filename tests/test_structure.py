@@ -1,5 +1,5 @@
-"""The structure docs/architecture.md promises: train() about 100 lines, no function past 60,
-no import cycle, no torch under the command line, models that import only torch."""
+"""The structure docs/architecture.md promises: no import cycle, no torch under the command
+line, models that import only torch. Function lengths are printed, not checked."""
 
 import subprocess
 import sys
@@ -21,8 +21,12 @@ def test_the_structure_keeps_its_promises(capsys):
 
 @pytest.mark.slow
 def test_help_imports_no_torch(tmp_path):
-    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "cnnbench", "--help"],
-                          capture_output=True, text=True, cwd=tmp_path)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "cnnbench", "--help"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0 and "cnnbench: train and compare" in proc.stdout
     imported = [line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines()]
     assert "cnnbench.cli" in imported

@@ -12,8 +12,13 @@ from tests.conftest import run_cli, small_overrides
 
 
 def test_a_named_sweep_runs_its_list_and_names_each_job_by_what_varies(tmp_path, data_root):
-    args = [*small_overrides(data_root, tmp_path / "cache"), "sweep=seeds", "model=mlp",
-            "trainer.epochs=1", "trainer.limit_train_batches=2"]  # fmt: skip
+    args = [
+        *small_overrides(data_root, tmp_path / "cache"),
+        "sweep=seeds",
+        "model=mlp",
+        "trainer.epochs=1",
+        "trainer.limit_train_batches=2",
+    ]
     ran = run_cli(*args, cwd=tmp_path)  # no -m: the sweep file sets hydra.mode=MULTIRUN
     assert ran.returncode == 0, ran.stderr
     [sweep] = (tmp_path / "outputs" / "multirun").iterdir()
@@ -47,8 +52,9 @@ def test_every_option_of_a_named_sweep_is_checked_before_hydra_starts(name, monk
 def test_a_value_given_on_the_command_line_replaces_the_sweep_files_list(monkeypatch):
     composed = []
     real = cli.compose
-    monkeypatch.setattr(cli, "compose", lambda o, hydra_config=False: composed.append(o) or real(
-        o, hydra_config))  # fmt: skip
+    monkeypatch.setattr(
+        cli, "compose", lambda o, hydra_config=False: composed.append(o) or real(o, hydra_config)
+    )
     cli.check_overrides(["sweep=small_models", "model=lenet,mlp"], multirun=True)
     models = {o for overrides in composed for o in overrides if o.startswith("model=")}
     assert models == {"model=lenet", "model=mlp"}

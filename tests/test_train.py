@@ -162,8 +162,11 @@ def test_too_small_input_is_a_config_error(make_cfg, tmp_path):
     ],
 )
 def test_train_loss_and_lr_follow_the_cadence(make_cfg, tmp_path, epochs, cadence, steps):
-    cfg = make_cfg("trainer.limit_train_batches=3", f"trainer.epochs={epochs}",
-                   f"trainer.log_every_n_steps={cadence}")  # fmt: skip
+    cfg = make_cfg(
+        "trainer.limit_train_batches=3",
+        f"trainer.epochs={epochs}",
+        f"trainer.log_every_n_steps={cadence}",
+    )
     train(cfg, tmp_path)
     events = EventAccumulator(str(tmp_path)).Reload()
     assert [e.step for e in events.Scalars("train/loss")] == steps

@@ -44,29 +44,41 @@ from cnnbench.config import compose
 def d2l_lenet() -> nn.Module:
     """d2l 7.6 (6.6 in d2l 0.17, where train_ch6 was written)."""
     return nn.Sequential(
-        nn.Conv2d(1, 6, kernel_size=5, padding=2), nn.Sigmoid(),
+        nn.Conv2d(1, 6, kernel_size=5, padding=2),
+        nn.Sigmoid(),
         nn.AvgPool2d(kernel_size=2, stride=2),
-        nn.Conv2d(6, 16, kernel_size=5), nn.Sigmoid(),
+        nn.Conv2d(6, 16, kernel_size=5),
+        nn.Sigmoid(),
         nn.AvgPool2d(kernel_size=2, stride=2),
         nn.Flatten(),
-        nn.Linear(16 * 5 * 5, 120), nn.Sigmoid(),
-        nn.Linear(120, 84), nn.Sigmoid(),
+        nn.Linear(16 * 5 * 5, 120),
+        nn.Sigmoid(),
+        nn.Linear(120, 84),
+        nn.Sigmoid(),
         nn.Linear(84, 10),
-    )  # fmt: skip
+    )
 
 
 def d2l_lenet_bn() -> nn.Module:
     """d2l 8.5, the concise implementation (7.5 in d2l 0.17)."""
     return nn.Sequential(
-        nn.Conv2d(1, 6, kernel_size=5), nn.BatchNorm2d(6), nn.Sigmoid(),
+        nn.Conv2d(1, 6, kernel_size=5),
+        nn.BatchNorm2d(6),
+        nn.Sigmoid(),
         nn.AvgPool2d(kernel_size=2, stride=2),
-        nn.Conv2d(6, 16, kernel_size=5), nn.BatchNorm2d(16), nn.Sigmoid(),
+        nn.Conv2d(6, 16, kernel_size=5),
+        nn.BatchNorm2d(16),
+        nn.Sigmoid(),
         nn.AvgPool2d(kernel_size=2, stride=2),
         nn.Flatten(),
-        nn.Linear(256, 120), nn.BatchNorm1d(120), nn.Sigmoid(),
-        nn.Linear(120, 84), nn.BatchNorm1d(84), nn.Sigmoid(),
+        nn.Linear(256, 120),
+        nn.BatchNorm1d(120),
+        nn.Sigmoid(),
+        nn.Linear(120, 84),
+        nn.BatchNorm1d(84),
+        nn.Sigmoid(),
         nn.Linear(84, 10),
-    )  # fmt: skip
+    )
 
 
 NETS: dict[str, Callable[[], nn.Module]] = {"lenet": d2l_lenet, "lenet_bn": d2l_lenet_bn}
@@ -126,9 +138,15 @@ def run_cnnbench(net: str, seed: int, root: Path, runs: Path, results: Path) -> 
     run_dir = runs / net / f"seed{seed}"
     shutil.rmtree(run_dir, ignore_errors=True)
     command = [
-        sys.executable, "-m", "cnnbench", f"experiment=d2l/{net}", f"dataset.root={root}",
-        f"trainer.seed={seed}", "trainer.device=cpu", f"hydra.run.dir={run_dir}",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "cnnbench",
+        f"experiment=d2l/{net}",
+        f"dataset.root={root}",
+        f"trainer.seed={seed}",
+        "trainer.device=cpu",
+        f"hydra.run.dir={run_dir}",
+    ]
     subprocess.run(command, check=True)
     kept = results / "d2l" / net / f"seed{seed}"
     kept.mkdir(parents=True, exist_ok=True)

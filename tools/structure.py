@@ -1,6 +1,8 @@
 """The structure cnnbench promises (docs/architecture.md), checked over the ast of cnnbench/:
-the length of train(), functions over 60 lines, import cycles, and the modules that must not
-import torch. Prints a short report; exits 1 when a promise is broken.
+no import cycle, no torch in the modules the command line needs, models that import only
+torch. It also prints the length of train() and of the longest functions: a figure to read,
+not a limit (a function is split where a name explains a part, never packed to fit). Prints a
+short report; exits 1 when a promise is broken.
 
     python tools/structure.py
 """
@@ -12,13 +14,25 @@ import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "cnnbench"
-LIMIT = 60  # lines per function
-TRAIN_LIMIT = 60  # train() itself, like every function
+LONG = 60  # lines: the functions past this are listed, to read again
 # the command line and what it needs before training starts; the report reads files only
-TORCH_FREE = {"cnnbench.cli", "cnnbench.config", "cnnbench.schema", "cnnbench.rundir",
-              "cnnbench.runs", "cnnbench.errors", "cnnbench.atomic", "cnnbench.datasets",
-              "cnnbench.report", "cnnbench.toolargs", "cnnbench.images", "cnnbench.stats",
-              "cnnbench.recipes", "cnnbench.cores", "cnnbench.startup"}  # fmt: skip
+TORCH_FREE = {
+    "cnnbench.cli",
+    "cnnbench.config",
+    "cnnbench.schema",
+    "cnnbench.rundir",
+    "cnnbench.runs",
+    "cnnbench.errors",
+    "cnnbench.atomic",
+    "cnnbench.datasets",
+    "cnnbench.report",
+    "cnnbench.toolargs",
+    "cnnbench.images",
+    "cnnbench.stats",
+    "cnnbench.recipes",
+    "cnnbench.cores",
+    "cnnbench.startup",
+}
 
 
 def modules() -> dict[str, ast.Module]:
@@ -63,15 +77,9 @@ def check() -> list[str]:
         for node in ast.walk(tree):
             if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
                 lengths[f"{name}.{node.name}"] = node.end_lineno - node.lineno + 1
-    train_len = lengths["cnnbench.train.train"]
-    print(f"train(): {train_len} lines (limit {TRAIN_LIMIT})")
-    if train_len > TRAIN_LIMIT:
-        problems.append(f"train() has {train_len} lines")
-    long = {f: n for f, n in lengths.items() if n > LIMIT and f != "cnnbench.train.train"}
-    print(f"functions over {LIMIT} lines, train() aside: {long or 'none'}")
-    problems += [f"{f} has {n} lines" for f, n in long.items()]
-    longest = sorted(lengths.items(), key=lambda item: -item[1])[:5]
-    print(f"longest: {', '.join(f'{f} {n}' for f, n in longest)}")
+    print(f"train(): {lengths['cnnbench.train.train']} lines")
+    long = {f: n for f, n in sorted(lengths.items(), key=lambda item: -item[1]) if n > LONG}
+    print(f"functions over {LONG} lines: {long or 'none'}")
     imports = {name: top_level_imports(tree) for name, tree in trees.items()}
     graph = {m: {d for d in deps if d in trees and d != m} for m, deps in imports.items()}
     found = cycles(graph)

@@ -57,8 +57,16 @@ from cnnbench.bench.whole import whole_process
 from cnnbench.distributed import resolve_device
 from cnnbench.errors import ConfigError, DataError, fail
 
-__all__ = ["OTHER_BATCHES", "SWITCHES", "TextbookDataset", "case_for", "compose_config",
-           "load_splits", "main", "textbook_transform"]  # fmt: skip
+__all__ = [
+    "OTHER_BATCHES",
+    "SWITCHES",
+    "TextbookDataset",
+    "case_for",
+    "compose_config",
+    "load_splits",
+    "main",
+    "textbook_transform",
+]
 
 
 def parser() -> argparse.ArgumentParser:
@@ -187,11 +195,17 @@ def main(argv: list[str] | None = None) -> dict:
         if args.ablation:
             results = {"machine": about, "ablation": ablation(cases, overrides)}
         elif args.process_only:
-            results = {"created": datetime.now().isoformat(timespec="seconds"),
-                       "command": ["python", "-m", "cnnbench.bench",
-                                   *(sys.argv[1:] if argv is None else argv)],
-                       "machine": about,
-                       "process": whole_process(configs[0], overrides, args.quick)}  # fmt: skip
+            results = {
+                "created": datetime.now().isoformat(timespec="seconds"),
+                "command": [
+                    "python",
+                    "-m",
+                    "cnnbench.bench",
+                    *(sys.argv[1:] if argv is None else argv),
+                ],
+                "machine": about,
+                "process": whole_process(configs[0], overrides, args.quick),
+            }
         else:
             results = {
                 "created": datetime.now().isoformat(timespec="seconds"),

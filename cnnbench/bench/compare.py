@@ -39,10 +39,20 @@ def ablation(cases: list[Case], overrides: list[str]) -> list[dict]:
     rows = []
 
     def row(case: Case, choice: str, without: float, with_: float) -> None:
-        rows.append({"model": case.name, "choice": choice, "without_images_per_s": without,
-                     "with_images_per_s": with_, "ratio": with_ / without})  # fmt: skip
-        print(f"{case.name:<14}  {choice:<50}  {without:>10,.0f}  {with_:>10,.0f}  "
-              f"{with_ / without:>5.2f}x", flush=True)  # fmt: skip
+        rows.append(
+            {
+                "model": case.name,
+                "choice": choice,
+                "without_images_per_s": without,
+                "with_images_per_s": with_,
+                "ratio": with_ / without,
+            }
+        )
+        print(
+            f"{case.name:<14}  {choice:<50}  {without:>10,.0f}  {with_:>10,.0f}  "
+            f"{with_ / without:>5.2f}x",
+            flush=True,
+        )
 
     print(f"{'model':<14}  {'choice':<50}  {'without':>10}  {'with':>10}  ratio")
     configs = [compose_config(case, overrides) for case in cases]
@@ -63,8 +73,12 @@ def ablation(cases: list[Case], overrides: list[str]) -> list[dict]:
             row(case, f"glibc keeps freed memory ({switch or 'defaults'})", without, rate)
         synced = run_bare(cfg, device, train_set, item_every_step=True)
         free = run_bare(cfg, device, train_set)
-        row(case, "no .item() per step (bare loop)", synced["bare_train_images_per_s"],
-            free["bare_train_images_per_s"])  # fmt: skip
+        row(
+            case,
+            "no .item() per step (bare loop)",
+            synced["bare_train_images_per_s"],
+            free["bare_train_images_per_s"],
+        )
         base = run_engine(cfg, device, test_set)["cnnbench_train_images_per_s"]
         for switch in SWITCHES:
             switched = compose_config(case, [*overrides, *switch.split()])
@@ -149,13 +163,19 @@ def bf16_rows(cases: list[Case], overrides: list[str], records: list[dict]) -> l
         cfg = compose_config(case, [*overrides, *BF16_SWITCHES])
         device = resolve_device(cfg.trainer.device)
         rate = run_engine(cfg, device, load_splits(cfg)[1])["cnnbench_train_images_per_s"]
-        row = {"model": case.name, "switches": BF16_SWITCHES,
-               "precision": precision_for(cfg.trainer.precision, device),
-               "images_per_s": rate,
-               "over_textbook_fp32": rate / record["textbook_train_images_per_s"],
-               "over_engine_fp32": rate / record["cnnbench_train_images_per_s"]}  # fmt: skip
+        row = {
+            "model": case.name,
+            "switches": BF16_SWITCHES,
+            "precision": precision_for(cfg.trainer.precision, device),
+            "images_per_s": rate,
+            "over_textbook_fp32": rate / record["textbook_train_images_per_s"],
+            "over_engine_fp32": rate / record["cnnbench_train_images_per_s"],
+        }
         rows.append(row)
-        print(f"{case.name:<14}  {' '.join(BF16_SWITCHES)} ({row['precision']}): {rate:,.1f} "
-              f"img/s, {row['over_textbook_fp32']:.2f}x the float32 textbook loop, "
-              f"{row['over_engine_fp32']:.2f}x the float32 engine", flush=True)  # fmt: skip
+        print(
+            f"{case.name:<14}  {' '.join(BF16_SWITCHES)} ({row['precision']}): {rate:,.1f} "
+            f"img/s, {row['over_textbook_fp32']:.2f}x the float32 textbook loop, "
+            f"{row['over_engine_fp32']:.2f}x the float32 engine",
+            flush=True,
+        )
     return rows

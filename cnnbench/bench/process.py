@@ -53,18 +53,30 @@ def startup(common: list[str], repeats: int) -> dict:
             bare, _ = timed([sys.executable, "-c", "import torch"])
             step, _ = timed([sys.executable, "-c", FIRST_STEP])
             run_dir = Path(tmp) / str(i)
-            limits = ["trainer.epochs=1", "trainer.limit_train_batches=1",
-                      "trainer.limit_test_batches=1"]  # fmt: skip
+            limits = [
+                "trainer.epochs=1",
+                "trainer.limit_train_batches=1",
+                "trainer.limit_test_batches=1",
+            ]
             timed(cnnbench_cmd(run_dir, [*LENET5, *common, *limits]))
-            rows.append({"import_torch_s": bare, "torch_first_step_s": step,
-                         "phases": results_of(run_dir)["startup"]})  # fmt: skip
+            rows.append(
+                {
+                    "import_torch_s": bare,
+                    "torch_first_step_s": step,
+                    "phases": results_of(run_dir)["startup"],
+                }
+            )
     median = {
         k: statistics.median(r[k] for r in rows) for k in ("import_torch_s", "torch_first_step_s")
     }
     first = statistics.median(r["phases"]["total_s"] for r in rows)
     phases = {k: statistics.median(r["phases"][k] for r in rows) for k in rows[0]["phases"]}
-    return median | {"cnnbench_first_step_s": first, "gap_s": first - median["import_torch_s"],
-                     "phases_s": phases, "runs": rows}  # fmt: skip
+    return median | {
+        "cnnbench_first_step_s": first,
+        "gap_s": first - median["import_torch_s"],
+        "phases_s": phases,
+        "runs": rows,
+    }
 
 
 def rate_of(run_dir: Path) -> float:
@@ -75,9 +87,15 @@ def together(overrides: list[str], n: int, env: dict) -> list[float]:
     """Start `n` runs at once; their training images/s (the second epoch's)."""
     with tempfile.TemporaryDirectory(prefix="cnnbench-together-") as tmp:
         dirs = [Path(tmp) / str(i) for i in range(n)]
-        procs = [subprocess.Popen(cnnbench_cmd(d, overrides), env={**os.environ, **env},
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-                 for d in dirs]  # fmt: skip
+        procs = [
+            subprocess.Popen(
+                cnnbench_cmd(d, overrides),
+                env={**os.environ, **env},
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+            )
+            for d in dirs
+        ]
         for p in procs:
             _, err = p.communicate()
             if p.returncode != 0:
@@ -89,8 +107,13 @@ def concurrency(common: list[str], batches: int) -> dict:
     """One LeNet-5 run alone and two started together, each for two epochs of `batches`
     batches: now, and as before this engine shared the cores (every core per run, OpenMP's
     own waiting policy: OMP_WAIT_POLICY set empty, which libgomp ignores)."""
-    overrides = [*LENET5, *common, "trainer.epochs=2", f"trainer.limit_train_batches={batches}",
-                 "trainer.limit_test_batches=1"]  # fmt: skip
+    overrides = [
+        *LENET5,
+        *common,
+        "trainer.epochs=2",
+        f"trainer.limit_train_batches={batches}",
+        "trainer.limit_test_batches=1",
+    ]
     before = {"OMP_WAIT_POLICY": ""}
     every_core = [f"trainer.threads={usable_cores()}"]
     out = {
@@ -114,19 +137,35 @@ def concurrency(common: list[str], batches: int) -> dict:
 
 def sweep(common: list[str], batches: int) -> dict:
     """The same 2-job sweep (trainer.seed=0,1) run serially and through joblib's 2 jobs."""
-    overrides = [*LENET5, *common, "trainer.epochs=1", f"trainer.limit_train_batches={batches}",
-                 "trainer.limit_test_batches=2", "trainer.seed=0,1"]  # fmt: skip
+    overrides = [
+        *LENET5,
+        *common,
+        "trainer.epochs=1",
+        f"trainer.limit_train_batches={batches}",
+        "trainer.limit_test_batches=2",
+        "trainer.seed=0,1",
+    ]
     walls = {}
     with tempfile.TemporaryDirectory(prefix="cnnbench-sweep-") as tmp:
         for name, launcher in (
             ("serial", []),
             ("joblib", ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]),
         ):
-            cmd = [sys.executable, "-m", "cnnbench", "-m", *overrides, *launcher,
-                   f"hydra.sweep.dir={tmp}/{name}"]  # fmt: skip
+            cmd = [
+                sys.executable,
+                "-m",
+                "cnnbench",
+                "-m",
+                *overrides,
+                *launcher,
+                f"hydra.sweep.dir={tmp}/{name}",
+            ]
             walls[name], _ = timed(cmd)
-    return {"serial_s": walls["serial"], "joblib_2_jobs_s": walls["joblib"],
-            "serial_over_joblib": walls["serial"] / walls["joblib"]}  # fmt: skip
+    return {
+        "serial_s": walls["serial"],
+        "joblib_2_jobs_s": walls["joblib"],
+        "serial_over_joblib": walls["serial"] / walls["joblib"],
+    }
 
 
 def textbook_ratio(root: str, common: list[str], epochs: int, pairs: int, batches: int | None):
@@ -137,19 +176,31 @@ def textbook_ratio(root: str, common: list[str], epochs: int, pairs: int, batche
     limit_cb = [] if batches is None else [f"trainer.limit_train_batches={batches}"]
     with tempfile.TemporaryDirectory(prefix="cnnbench-textbook-") as tmp:
         for i in range(pairs):
-            tb, out = timed([sys.executable, str(TEXTBOOK), "--root", root,
-                             "--epochs", str(epochs), *limit_tb])  # fmt: skip
+            tb, out = timed(
+                [sys.executable, str(TEXTBOOK), "--root", root, "--epochs", str(epochs), *limit_tb]
+            )
             textbook = json.loads(out.strip().splitlines()[-1])
             run_dir = Path(tmp) / str(i)
-            cb, _ = timed(cnnbench_cmd(run_dir, [*LENET5, *common, f"trainer.epochs={epochs}",
-                                                 *limit_cb]))  # fmt: skip
-            rows.append({"textbook_s": tb, "cnnbench_s": cb, "ratio": tb / cb,
-                         "textbook_epoch1_s": textbook["epochs"][0]["epoch_s"],
-                         "textbook_test_acc": textbook["test_acc"],
-                         "cnnbench_test_acc": results_of(run_dir)["test_acc"]})  # fmt: skip
+            cb, _ = timed(
+                cnnbench_cmd(run_dir, [*LENET5, *common, f"trainer.epochs={epochs}", *limit_cb])
+            )
+            rows.append(
+                {
+                    "textbook_s": tb,
+                    "cnnbench_s": cb,
+                    "ratio": tb / cb,
+                    "textbook_epoch1_s": textbook["epochs"][0]["epoch_s"],
+                    "textbook_test_acc": textbook["test_acc"],
+                    "cnnbench_test_acc": results_of(run_dir)["test_acc"],
+                }
+            )
     epoch1 = statistics.median(r["textbook_epoch1_s"] for r in rows)
-    return {"epochs": epochs, "pairs": rows, "textbook_epoch1_s": epoch1,
-            "median_ratio": statistics.median(r["ratio"] for r in rows)}  # fmt: skip
+    return {
+        "epochs": epochs,
+        "pairs": rows,
+        "textbook_epoch1_s": epoch1,
+        "median_ratio": statistics.median(r["ratio"] for r in rows),
+    }
 
 
 def recipe(name: str, common: list[str], seeds: list[int], extra: list[str]) -> dict:
@@ -158,13 +209,25 @@ def recipe(name: str, common: list[str], seeds: list[int], extra: list[str]) -> 
     with tempfile.TemporaryDirectory(prefix="cnnbench-recipe-") as tmp:
         for seed in seeds:
             run_dir = Path(tmp) / str(seed)
-            wall, _ = timed(cnnbench_cmd(run_dir, [f"experiment={name}", *common,
-                                                   f"trainer.seed={seed}", *extra]))  # fmt: skip
+            wall, _ = timed(
+                cnnbench_cmd(
+                    run_dir, [f"experiment={name}", *common, f"trainer.seed={seed}", *extra]
+                )
+            )
             r = results_of(run_dir)
-            rows.append({"seed": seed, "test_acc": r["test_acc"], "wall_s": wall,
-                         "train_s": r["train_s"],
-                         "startup_s": r["startup"]["total_s"]})  # fmt: skip
-    return {"recipe": name, "runs": rows,
-            "median_test_acc": statistics.median(r["test_acc"] for r in rows),
-            "median_wall_s": statistics.median(r["wall_s"] for r in rows),
-            "worst_wall_s": max(r["wall_s"] for r in rows)}  # fmt: skip
+            rows.append(
+                {
+                    "seed": seed,
+                    "test_acc": r["test_acc"],
+                    "wall_s": wall,
+                    "train_s": r["train_s"],
+                    "startup_s": r["startup"]["total_s"],
+                }
+            )
+    return {
+        "recipe": name,
+        "runs": rows,
+        "median_test_acc": statistics.median(r["test_acc"] for r in rows),
+        "median_wall_s": statistics.median(r["wall_s"] for r in rows),
+        "worst_wall_s": max(r["wall_s"] for r in rows),
+    }
