@@ -215,11 +215,13 @@ def test_each_runs_most_confused_pairs_side_by_side_and_in_a_figure(sweep, tmp_p
     assert (tmp_path / "out" / "confusions.png").stat().st_size > 5000
 
 
-def test_welch_and_student_t_against_reference_values():
-    """The references: scipy.stats 1.17 (t.sf, t.ppf, ttest_ind with equal_var=False)."""
-    assert stats.t_two_sided_p(2.0, 10) == pytest.approx(0.07338803477074037, rel=1e-10)
-    assert stats.t_two_sided_p(1.3, 2.7) == pytest.approx(0.29345264370384533, rel=1e-10)
-    assert stats.t_quantile(0.975, 4) == pytest.approx(2.7764451051977934, rel=1e-10)
+def test_welch_and_the_interval_against_reference_values():
+    """The references: Welch's formulas by hand (t, df) and scipy.stats 1.17's p and t quantile
+    (2.7764451051977934 for 0.975 at 4 degrees of freedom)."""
+    xs = [0.80, 0.82, 0.85, 0.81, 0.83]
+    low, high = stats.interval95(xs)
+    half = 2.7764451051977934 * statistics.stdev(xs) / 5**0.5
+    assert (low, high) == pytest.approx((statistics.mean(xs) - half, statistics.mean(xs) + half))
     test = stats.welch([0.81, 0.83, 0.82], [0.75, 0.74, 0.78])
     assert (test.t, test.df, test.p) == pytest.approx(
         (4.749999999999994, 2.876404494382014, 0.019459351754698248), rel=1e-10
