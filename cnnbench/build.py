@@ -19,6 +19,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.utils.flop_counter import FlopCounterMode
 
 from cnnbench import cores, data, distributed
 from cnnbench.config import MODEL_BUILD_KEYS, image_size, model_name
@@ -100,30 +101,19 @@ def init_weights(model: nn.Module, scheme: str) -> None:
 
 
 def forward_flops(model: nn.Module, input_shape: tuple[int, int, int]) -> int:
-    """FLOPs of one image's forward pass: its convolutions and matrix products, a
-    multiply-add counting 2, as torch's FlopCounterMode counts them. Counted by hooks on the
-    Conv2d and Linear layers: FlopCounterMode's first use imports torch's compiler, 2.7 s of
-    a run's start-up here."""
+    """FLOPs of one image's forward pass as torch's FlopCounterMode counts them (convolutions
+    and matrix products, a multiply-add counting 2), the counter summary.py and the bench use
+    too. Its first use imports torch._dynamo, which torch.optim's first step would import
+    anyway: the run's start-up pays it once, here instead of at the first step."""
     device = next(model.parameters()).device
-    total = 0
-
-    def count(layer: nn.Module, inputs: tuple, out: torch.Tensor) -> None:
-        nonlocal total
-        per_output = layer.weight[0].numel()  # in_channels / groups x kernel, or in_features
-        total += 2 * out.numel() * per_output
-
-    layers = [m for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
-    hooks = [m.register_forward_hook(count) for m in layers]
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
             model(torch.zeros(1, *input_shape, device=device))
     finally:
-        for h in hooks:
-            h.remove()
         model.train(was_training)
-    return total
+    return counter.get_total_flops()
 
 
 def describe(

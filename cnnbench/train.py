@@ -221,11 +221,11 @@ def build_run(
     model = build_model(cfg, device)
     PHASES.mark("model")
     flops = forward_flops(model, (spec.channels, size, size))
-    PHASES.mark("flops")
+    PHASES.mark("flops")  # the FLOP counter's first use imports torch._dynamo
     kind, why = cuda_graph.choose(cfg, device, distributed.world_size())
     engine = build_engine(cfg, model, device, captured=kind == "captured")
     optimizer = build_optimizer(cfg, model, device, static=kind != "plain")
-    PHASES.mark("engine_and_optimizer")  # torch.optim's first use imports torch._dynamo
+    PHASES.mark("engine_and_optimizer")
     steps = max(1, cfg.trainer.epochs * len(loaders.train))
     scheduler = build_scheduler(cfg, optimizer, steps)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.trainer.label_smoothing)
