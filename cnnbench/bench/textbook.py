@@ -3,18 +3,18 @@ process against `python -m cnnbench experiment=tutorial/lenet5_mnist` (start-up 
 
     python cnnbench/bench/textbook.py --root ../shared/data --epochs 3
 
-It imports nothing of cnnbench (run as a file, not with -m, which would import the bench's
-package first), so that its start-up is a textbook script's: torch and torchvision. The MNIST
-files are read from <root>/mnist (IDX, gzipped or not), each image is a PIL image through
-ToTensor and Normalize, a shuffled DataLoader without workers feeds an eager step, and
-`.item()` is called after every step. LeNet-5: tanh, average pooling, conv 120,
-fc 84; SGD lr 0.9, batch 256; the test accuracy after every epoch.
+It is run as a file, not with -m, which would import the bench's package first, so that its
+start-up is a textbook script's: torch and torchvision, and of cnnbench only the one IDX
+reader (`cnnbench.data.read_idx`, gzipped or not). The MNIST files are read from
+<root>/mnist, each image is a PIL image through ToTensor and Normalize, a shuffled DataLoader
+without workers feeds an eager step, and `.item()` is called after every step. LeNet-5:
+tanh, average pooling, conv 120, fc 84; SGD lr 0.9, batch 256; the test accuracy after every
+epoch.
 """
 
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import time
 from pathlib import Path
@@ -26,16 +26,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
-
-def read_idx(path: Path) -> np.ndarray:
-    if path.suffix == ".gz":
-        with gzip.open(path) as f:
-            raw = f.read()
-    else:
-        raw = path.read_bytes()
-    dims = raw[3]
-    shape = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(dims)]
-    return np.frombuffer(raw, np.uint8, offset=4 + 4 * dims).reshape(shape)
+from cnnbench.data import read_idx
 
 
 def find(folder: Path, name: str) -> Path:
@@ -45,8 +36,8 @@ def find(folder: Path, name: str) -> Path:
 class MNIST(Dataset):
     def __init__(self, folder: Path, train: bool, transform) -> None:
         prefix = "train" if train else "t10k"
-        self.data = read_idx(find(folder, f"{prefix}-images-idx3-ubyte"))
-        self.targets = read_idx(find(folder, f"{prefix}-labels-idx1-ubyte")).astype(np.int64)
+        self.data = read_idx(find(folder, f"{prefix}-images-idx3-ubyte"), 3)
+        self.targets = read_idx(find(folder, f"{prefix}-labels-idx1-ubyte"), 1).astype(np.int64)
         self.transform = transform
 
     def __len__(self) -> int:
