@@ -9,6 +9,8 @@ says why in one line and takes the plain step.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import hydra
 import torch
@@ -55,19 +57,42 @@ def obstacle(cfg: DictConfig, device: torch.device, world: int) -> str | None:
     return None
 
 
+def record(body: Callable[[], None]) -> torch.cuda.CUDAGraph:
+    """`body` recorded as a CUDA graph (not run: replay() runs it)."""
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        body()
+    return graph
+
+
+@contextmanager
+def side_stream() -> Iterator[None]:
+    """Work on a stream of its own, joined after: warm-up before a capture must not run on
+    the stream the capture will use (PyTorch's CUDA-graphs notes)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        yield
+    torch.cuda.current_stream().wait_stream(side)
+
+
 class CapturedStep(StaticStep):
     """StaticStep, recorded after a few warm-up steps (run eagerly on a side stream, as
     capture requires: lazy initialisation and cuDNN's autotuning happen there) and replayed
     for every full batch after. A capture that fails (a model that syncs with the host or
     branches on its data) is reported in one line, and the run goes on with the plain step."""
 
-    name = "captured"
     WARMUP_STEPS = 3
 
-    def __init__(self, *args, warn=print, **kwargs) -> None:
+    def __init__(self, *args, warn: Callable[[str], None] = print, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.graph: torch.cuda.CUDAGraph | None = None
         self.warm, self.failed, self.warn = 0, False, warn
+
+    @property
+    def name(self) -> str:
+        """What results.json says ran: the static form, uncaptured, once a capture failed."""
+        return "static" if self.failed else "captured"
 
     def run(self) -> None:
         if self.graph is not None:
@@ -75,28 +100,21 @@ class CapturedStep(StaticStep):
         elif self.failed:
             super().run()
         elif self.warm < self.WARMUP_STEPS:
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
+            with side_stream():
                 super().run()
-            torch.cuda.current_stream().wait_stream(side)
             self.warm += 1
         else:
             self.capture()
             self.run()
 
     def capture(self) -> None:
-        graph = torch.cuda.CUDAGraph()
         # the gradients are allocated inside the graph's memory, and each replay rewrites them
         self.step.optimizer.zero_grad(set_to_none=True)
         try:
-            with torch.cuda.graph(graph):
-                super().run()
+            self.graph = record(super().run)
         except RuntimeError as err:
             self.failed = True
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             self.warn(
                 f"trainer.cuda_graph: the step could not be captured ({first}); the plain step"
             )
-            return
-        self.graph = graph
