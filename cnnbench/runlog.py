@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -26,6 +27,7 @@ from cnnbench.config import model_name
 from cnnbench.data import DeviceLoader
 from cnnbench.datasets import SPECS
 from cnnbench.errors import WriteError
+from cnnbench.records import METRICS_COLUMNS, EpochRow, Figures, RunFacts
 from cnnbench.runs import CONFUSION_FILE, confusion_csv, flatten
 from cnnbench.signals import Interrupted
 from cnnbench.startup import PHASES
@@ -65,7 +67,6 @@ EPOCH_SCALARS = {
     "epoch_s": "perf/epoch_s",
     "images_per_s": "perf/images_per_s",
 }
-CSV_FIELDS = ["epoch", "step", "lr", *EPOCH_SCALARS]
 # off a terminal (nohup, a cluster's log file) a progress line comes this often, in seconds
 PROGRESS_EVERY_S = 30.0
 
@@ -100,7 +101,7 @@ def write_metrics(path: Path, rows: list[dict]) -> None:
     """metrics.csv, a row per epoch, rewritten whole after each epoch (a resumed run's rows
     are its checkpoint's history: the rows of epochs after the checkpoint are gone)."""
     text = io.StringIO(newline="")
-    out = csv.DictWriter(text, fieldnames=CSV_FIELDS)
+    out = csv.DictWriter(text, fieldnames=METRICS_COLUMNS)
     out.writeheader()
     out.writerows(rows)
     write_atomic(path, lambda f: f.write(text.getvalue().encode()))
@@ -157,12 +158,12 @@ class RunLog:
         if line and self.main:
             log.warning(line)
 
-    def untrained(self, figures: dict) -> None:
+    def untrained(self, figures: Figures) -> None:
         """trainer.epochs=0: what the untrained model does, at step 0."""
-        if figures["val_acc"] is not None:
-            self.writer.add_scalar("val/acc", figures["val_acc"], 0)
-        self.writer.add_scalar("test/acc", figures["test_acc"], 0)
-        self.writer.add_scalar("test/loss", figures["test_loss"], 0)
+        if figures.val_acc is not None:
+            self.writer.add_scalar("val/acc", figures.val_acc, 0)
+        self.writer.add_scalar("test/acc", figures.test_acc, 0)
+        self.writer.add_scalar("test/loss", figures.test_loss, 0)
 
     # ---- during an epoch
 
@@ -211,24 +212,24 @@ class RunLog:
 
     # ---- the end of an epoch
 
-    def epoch(self, row: dict, epochs: int) -> None:
+    def epoch(self, row: EpochRow, epochs: int) -> None:
         """One row of metrics.csv and TensorBoard, and the epoch's log line."""
         if not self.main:
             return
         write_metrics(self.out_dir / "metrics.csv", self.state.history)
         for key, tag in EPOCH_SCALARS.items():
-            if row[key] is not None:
-                self.writer.add_scalar(tag, row[key], row["step"])
+            if getattr(row, key) is not None:
+                self.writer.add_scalar(tag, getattr(row, key), row.step)
         self.writer.flush()
         log.info(
-            f"epoch {row['epoch']}/{epochs}  train loss {row['train_loss']:.4f} acc "
-            f"{row['train_acc']:.4f} | test loss {row['test_loss']:.4f} acc {row['test_acc']:.4f}"
-            f" | lr {row['lr']:.3g} | {row['epoch_s']:.1f} s, {row['images_per_s']:,.0f} img/s"
+            f"epoch {row.epoch}/{epochs}  train loss {row.train_loss:.4f} acc "
+            f"{row.train_acc:.4f} | test loss {row.test_loss:.4f} acc {row.test_acc:.4f}"
+            f" | lr {row.lr:.3g} | {row.epoch_s:.1f} s, {row.images_per_s:,.0f} img/s"
         )
         chance = 1 / self.num_classes
-        if row["test_acc"] < 1.5 * chance:
+        if row.test_acc < 1.5 * chance:
             log.warning(
-                f"test accuracy {row['test_acc']:.4f} is at chance level ({chance:.2f} for "
+                f"test accuracy {row.test_acc:.4f} is at chance level ({chance:.2f} for "
                 f"{self.num_classes} classes): the network has learned nothing yet. A sigmoid "
                 "network may need more epochs; otherwise try another optimizer.lr (10x smaller "
                 "if the loss jumps, 10x larger if it stays flat)"
@@ -243,7 +244,14 @@ class RunLog:
 
     # ---- the end of the run
 
-    def results(self, state: TrainState, status: str, **figures) -> dict:
+    def results(
+        self,
+        state: TrainState,
+        status: str,
+        diverged_at: int | None,
+        figures: Figures,
+        facts: RunFacts,
+    ) -> dict:
         """results.json of a run that trained to its end (ok) or diverged."""
         history = state.history
         last = history[-1] if history else {}
@@ -252,28 +260,26 @@ class RunLog:
         timed = history[1:] or history
         timed_s = sum(r["epoch_s"] for r in timed)
         rate = sum(r["images_per_s"] * r["epoch_s"] for r in timed) / timed_s if timed else None
-        val_acc = figures.pop("val_acc")
-        confusion = figures.pop("test_confusion", None)  # none: a finished run resumed
         results = {
             "status": status,
-            "diverged_at_step": figures.pop("diverged_at"),
+            "diverged_at_step": diverged_at,
             "model": model_name(self.config),
             "dataset": self.config["dataset"]["name"],
             "init": self.config["model"].get("init", "default"),
-            "test_acc": figures["test_acc"],
-            "test_loss": figures.pop("test_loss"),
-            "best_test_acc": max([r["test_acc"] for r in history], default=figures.pop("test_acc")),
+            "test_acc": figures.test_acc,
+            "test_loss": figures.test_loss,
+            "best_test_acc": max([r["test_acc"] for r in history], default=figures.test_acc),
             "best_epoch": state.best_epoch,
-            "val_acc": val_acc,
-            "val_loss": figures.pop("val_loss"),
-            "best_val_acc": state.best_acc if val_acc is not None else None,
+            "val_acc": figures.val_acc,
+            "val_loss": figures.val_loss,
+            "best_val_acc": state.best_acc if figures.val_acc is not None else None,
             "val_size": self.config["dataset"]["val_size"],
             "train_loss": last.get("train_loss"),
             "train_acc": last.get("train_acc"),
             "epochs": self.config["trainer"]["epochs"],
             "epochs_done": len(history),
             "steps": state.step,
-            **figures,  # params, flops_per_image, device, resumed
+            **asdict(facts),
             "train_images_per_s": rate,
             "train_s": sum(r["epoch_s"] for r in history),
             "wall_s": state.run_s(),
@@ -289,9 +295,9 @@ class RunLog:
         if self.main:
             if status == "ok":  # the HParams tab shows it finished
                 self.writer.file_writer.add_summary(hparams_summaries(self.config)[1])
-            if confusion is not None:
+            if figures.test_confusion is not None:  # none: a finished run resumed
                 classes = SPECS[self.config["dataset"]["name"]].classes
-                table = confusion_csv(confusion.tolist(), classes)
+                table = confusion_csv(figures.test_confusion.tolist(), classes)
                 write_text(self.out_dir / CONFUSION_FILE, table)
             write_json(self.out_dir / "results.json", results)
         PHASES.restart()  # a sweep's next job in this process counts from here

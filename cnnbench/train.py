@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -35,6 +36,7 @@ from cnnbench.build import (
 )
 from cnnbench.config import image_size, resolved, validate
 from cnnbench.eval import evaluate
+from cnnbench.records import EpochRow, Figures, RunFacts
 from cnnbench.rundir import claim
 from cnnbench.runlog import RunLog
 from cnnbench.seeding import seed_everything
@@ -90,11 +92,7 @@ def train(
 
         if state.window_steps and status == "ok":  # steps since the last point: short runs
             log.train_point(state.window_loss(), lr, loaders.train)
-        return log.results(
-            state,
-            status,
-            diverged_at=diverged_at,
-            **figures,
+        facts = RunFacts(
             params=sum(p.numel() for p in state.parts.model.parameters()),
             flops_per_image=flops,
             device=str(device),
@@ -103,6 +101,7 @@ def train(
             precision=precision_for(t.precision, device),
             step=runner.name,
         )
+        return log.results(state, status, diverged_at, figures, facts)
 
 
 def finish_epoch(
@@ -114,29 +113,28 @@ def finish_epoch(
     epoch: int,
     lr: float,
     totals: EpochTotals,
-) -> dict:
+) -> Figures:
     """After an epoch's training (`totals`: its sums over all processes, read already): the
     evaluation, the epoch's row of metrics.csv, last.pt, and best.pt when the tracked accuracy
     improved. Returns the evaluation's figures."""
     epoch_s = state.epoch_s()  # after totals.train_loss's .item(): the device is done
     epochs = state.parts.config["trainer"]["epochs"]
     figures = evaluate_all(engine, loaders, state.parts.num_classes, last=epoch == epochs)
-    row = dict(
+    row = EpochRow(
         epoch=epoch,
         step=state.step,
         lr=lr,
         train_loss=totals.train_loss,
         train_acc=totals.train_acc,
-        test_loss=figures["test_loss"],
-        test_acc=figures["test_acc"],
-        best_test_acc=max([r["test_acc"] for r in state.history] + [figures["test_acc"]]),
+        test_loss=figures.test_loss,
+        test_acc=figures.test_acc,
+        best_test_acc=max([r["test_acc"] for r in state.history] + [figures.test_acc]),
+        val_loss=figures.val_loss,
+        val_acc=figures.val_acc,
         epoch_s=epoch_s,
         images_per_s=totals.seen / epoch_s,
-        val_loss=figures["val_loss"],
-        val_acc=figures["val_acc"],
     )
-    tracked = figures["test_acc"] if figures["val_acc"] is None else figures["val_acc"]
-    improved = state.end_epoch(row, tracked)
+    improved = state.end_epoch(asdict(row), figures.tracked)
     log.epoch(row, epochs)
     state.save(out_dir / "last.pt")
     if improved:  # the same checkpoint, linked rather than written twice
@@ -246,7 +244,7 @@ def build_run(
     return state, engine, loaders, runner, flops
 
 
-def evaluate_all(engine: Engine, loaders: Loaders, classes: int, last: bool = True) -> dict:
+def evaluate_all(engine: Engine, loaders: Loaders, classes: int, last: bool = True) -> Figures:
     """Test (and validation) loss and accuracy, as the run computes (autocast included), and
     the test confusion matrix (RunLog.results writes the last one). The `last` evaluation of
     a run with trainer.tta averages over the views (once: it costs a forward pass per view,
@@ -255,23 +253,24 @@ def evaluate_all(engine: Engine, loaders: Loaders, classes: int, last: bool = Tr
     with engine.autocast:
         test = evaluate(forward, loaders.test, classes)
         val = evaluate(forward, loaders.val, classes) if loaders.val else None
-    return dict(
+    return Figures(
         test_loss=test.loss,
         test_acc=test.acc,
-        test_confusion=test.confusion,
         val_loss=val.loss if val else None,
         val_acc=val.acc if val else None,
+        test_confusion=test.confusion,
     )
 
 
-def last_figures(state: TrainState, engine: Engine, loaders: Loaders, log: RunLog) -> dict:
+def last_figures(state: TrainState, engine: Engine, loaders: Loaders, log: RunLog) -> Figures:
     """The figures the results report before any epoch of this process: the last epoch's of
     a resumed run; for trainer.epochs=0, what the untrained model does."""
     if state.history:
-        return {k: state.history[-1][k] for k in ("test_loss", "test_acc", "val_loss", "val_acc")}
+        last = state.history[-1]
+        return Figures(last["test_loss"], last["test_acc"], last["val_loss"], last["val_acc"])
     if state.parts.config["trainer"]["epochs"] > 0:
-        return dict(test_loss=math.nan, test_acc=math.nan, val_loss=None, val_acc=None)
+        return Figures(test_loss=math.nan, test_acc=math.nan)
     figures = evaluate_all(engine, loaders, state.parts.num_classes)
-    state.best_acc = figures["test_acc"] if figures["val_acc"] is None else figures["val_acc"]
+    state.best_acc = figures.tracked
     log.untrained(figures)
     return figures

@@ -32,6 +32,7 @@ TORCH_FREE = {
     "cnnbench.recipes",
     "cnnbench.cores",
     "cnnbench.startup",
+    "cnnbench.records",
 }
 
 
