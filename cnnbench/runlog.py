@@ -19,6 +19,8 @@ from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
+from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard.summary import hparams
 from tqdm import tqdm
 
 from cnnbench import __version__, distributed
@@ -34,26 +36,6 @@ from cnnbench.startup import PHASES
 from cnnbench.state import TrainState
 
 log = logging.getLogger("cnnbench.train")
-
-
-@contextmanager
-def without_modules(*names: str) -> Iterator[None]:
-    """Imports of `names` fail inside the block (unless they were imported before), and work
-    again after it."""
-    blocked = [n for n in names if n not in sys.modules]
-    sys.modules.update(dict.fromkeys(blocked))
-    try:
-        yield
-    finally:
-        for name in blocked:
-            del sys.modules[name]
-
-
-# TensorBoard's file layer imports boto3 and fsspec when they are installed, for s3:// and
-# other remote log folders. A run logs to a local folder; the two took 0.25 s of start-up here.
-with without_modules("botocore", "boto3", "fsspec"):
-    from torch.utils.tensorboard import SummaryWriter
-    from torch.utils.tensorboard.summary import hparams
 
 # metrics.csv column -> TensorBoard tag, once per epoch (train/loss and lr follow the log cadence)
 EPOCH_SCALARS = {
