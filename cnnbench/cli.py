@@ -41,9 +41,11 @@ from cnnbench.errors import USER_ERRORS, ConfigError, WriteError, fail
 from cnnbench.report import ReportError, find_runs
 from cnnbench.rundir import check_writable, claim, launched
 from cnnbench.runs import objective, read_results
-from cnnbench.startup import PHASES
+from cnnbench.startup import Phases
 
 log = logging.getLogger("cnnbench.train")
+# this process's start-up, phase by phase: marked here, then handed to train() (startup.py)
+STARTUP = Phases()
 
 
 def tell(*args, **kwargs) -> None:
@@ -147,14 +149,14 @@ def check_run_dir(overrides: list[Override]) -> None:
 def main() -> None:
     """The console entry point. Under torchrun, the processes then join up (so that they
     agree on the run directory), and only rank 0 writes Hydra's files and logs."""
-    PHASES.mark("python_and_cli_imports")  # from the process's start
+    STARTUP.mark("python_and_cli_imports")  # from the process's start
     cores.quiet_openmp()  # before torch (and its OpenMP) is imported
     cores.register()  # other runs started now share the cores with this one
     flags = get_args_parser().parse_args()  # Hydra's own, as hydra_main() will parse them
     if checked_before_hydra(flags):
         check_overrides(flags.overrides, flags.multirun)
     check_run_dir(parse(flags.overrides))
-    PHASES.mark("checks")
+    STARTUP.mark("checks")
     if not launched():
         hydra_main()
         return
@@ -176,7 +178,7 @@ def main() -> None:
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
 def hydra_main(cfg: DictConfig) -> float:
     """One run (or one job of a sweep). Returns what a sweeper maximises."""
-    PHASES.mark("hydra")  # Hydra's compose, its run directory and logging
+    STARTUP.mark("hydra")  # Hydra's compose, its run directory and logging
     hydra_cfg = HydraConfig.get()
     out_dir = Path(hydra_cfg.runtime.output_dir)
     sweep = hydra_cfg.mode == RunMode.MULTIRUN
@@ -193,6 +195,8 @@ def hydra_main(cfg: DictConfig) -> float:
         results = run(cfg, out_dir, sweep)
     except BaseException as err:
         return ending(err, cfg, out_dir, sweep, searching)
+    finally:
+        STARTUP.restart()  # a sweep's next job in this process counts from here
     if results["status"] != "ok":
         tell(f"cnnbench: run {results['status']} - {out_dir}", file=sys.stderr)
         if not sweep:
@@ -210,7 +214,7 @@ def run(cfg: DictConfig, out_dir: Path, sweep: bool) -> dict:
     from cnnbench import checkpoint
     from cnnbench.train import train  # torch is imported here, where training starts
 
-    PHASES.mark("import_torch")
+    STARTUP.mark("import_torch")
     resume = to_resume(cfg.trainer.resume, out_dir)
     if sweep and cfg.trainer.resume is None and (out_dir / "last.pt").is_file():
         resume = out_dir / "last.pt"  # the same sweep run again: this job goes on
@@ -219,7 +223,7 @@ def run(cfg: DictConfig, out_dir: Path, sweep: bool) -> dict:
         checkpoint.check_same_run(results["config"], out_dir, resolved(cfg))
         tell(f"already finished: test accuracy {results['test_acc']:.4f} - {out_dir}")
         return results
-    return train(cfg, out_dir, resume, restart=sweep)
+    return train(cfg, out_dir, resume, restart=sweep, startup=STARTUP)
 
 
 def joblib_jobs(n_jobs: int | None) -> int:

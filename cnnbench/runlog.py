@@ -32,7 +32,7 @@ from cnnbench.errors import WriteError
 from cnnbench.records import METRICS_COLUMNS, EpochRow, Figures, RunFacts
 from cnnbench.runs import CONFUSION_FILE, confusion_csv, flatten
 from cnnbench.signals import Interrupted
-from cnnbench.startup import PHASES
+from cnnbench.startup import Phases
 from cnnbench.state import TrainState
 
 log = logging.getLogger("cnnbench.train")
@@ -103,8 +103,8 @@ def wait_for_a_later_second(out_dir: Path) -> None:
 
 
 class RunLog:
-    def __init__(self, out_dir: Path, config: dict) -> None:
-        self.out_dir, self.config = out_dir, config
+    def __init__(self, out_dir: Path, config: dict, phases: Phases) -> None:
+        self.out_dir, self.config, self.phases = out_dir, config, phases
         self.main = distributed.is_main()
         self.writer: SummaryWriter | Discard = Discard()
         self.state: TrainState | None = None
@@ -130,7 +130,7 @@ class RunLog:
             self.writer.add_text("config", "    " + text.replace("\n", "\n    "))
             self.writer.file_writer.add_summary(hparams_summaries(self.config)[0])
         write_metrics(self.out_dir / "metrics.csv", state.history)
-        PHASES.mark("writer")  # TensorBoard (its import included) and metrics.csv
+        self.phases.mark("writer")  # TensorBoard (its import included) and metrics.csv
 
     def say(self, line: str | None) -> None:
         if line and self.main:
@@ -167,8 +167,8 @@ class RunLog:
         next_line = time.monotonic() + PROGRESS_EVERY_S
         try:
             for batch in bar:
-                if "first_batch" not in PHASES.seconds:  # the start lines, the first batch
-                    PHASES.mark("first_batch")
+                if "first_batch" not in self.phases.seconds:  # the start lines, the first batch
+                    self.phases.mark("first_batch")
                 yield batch
                 if quiet and time.monotonic() >= next_line:
                     next_line = time.monotonic() + PROGRESS_EVERY_S
@@ -266,7 +266,7 @@ class RunLog:
             "train_s": sum(r["epoch_s"] for r in history),
             "wall_s": state.run_s(),
             # from the process's start (or train()'s call) to the first training step
-            "startup": PHASES.summary(),
+            "startup": self.phases.summary(),
             "world_size": distributed.world_size(),
             "torch_version": torch.__version__,
             "cnnbench_version": __version__,
@@ -282,7 +282,6 @@ class RunLog:
                 table = confusion_csv(figures.test_confusion.tolist(), classes)
                 write_text(self.out_dir / CONFUSION_FILE, table)
             write_json(self.out_dir / "results.json", results)
-        PHASES.restart()  # a sweep's next job in this process counts from here
         return results
 
     @contextmanager

@@ -2,10 +2,11 @@
 phase (results.json's `startup`). No torch here: the command line marks its phases before
 torch is imported.
 
-A phase is the time since the previous mark. The first mark of a process counts from the
+A phase is the time since the previous mark. The command line's `Phases` counts from the
 process's start, as the kernel recorded it (/proc), so that the interpreter's own start and
-the first imports are in it; a later run in the same process (a sweep's next job) counts
-from where its command line took over.
+the first imports are in it, and hands itself to train(); a sweep's next job in the same
+process counts from where the previous one ended (restart). train() called from Python (the
+bench, the tests) counts from its call.
 """
 
 from __future__ import annotations
@@ -33,19 +34,14 @@ _IMPORTED = time.time()
 class Phases:
     """Named spans of wall time, in the order they were marked."""
 
-    def __init__(self) -> None:
+    def __init__(self, since: float | None = None) -> None:
+        """Counting from `since` (time.time()); None: from the process's start."""
         self.seconds: dict[str, float] = {}
-        self.last = process_start()
+        self.last = process_start() if since is None else since
 
     def restart(self) -> None:
         """A new run in this process: its phases count from now."""
         self.seconds, self.last = {}, time.time()
-
-    def enter_run(self) -> None:
-        """train() begins: a run the command line started goes on counting (it has marked
-        its phases); one called from Python (the bench, the tests) counts from here."""
-        if not self.seconds:
-            self.restart()
 
     def mark(self, name: str) -> None:
         now = time.time()
@@ -59,7 +55,3 @@ class Phases:
         """{phase: seconds, ..., "total_s": their sum}, rounded to the millisecond."""
         out = {f"{name}_s": round(s, 3) for name, s in self.seconds.items()}
         return out | {"total_s": round(self.total(), 3)}
-
-
-# the phases of this process's current run: the command line and train() both mark them
-PHASES = Phases()

@@ -41,7 +41,7 @@ from cnnbench.rundir import claim
 from cnnbench.runlog import RunLog
 from cnnbench.seeding import seed_everything
 from cnnbench.signals import Interrupted, StopSignals
-from cnnbench.startup import PHASES
+from cnnbench.startup import Phases
 from cnnbench.state import EpochTotals, Trainables, TrainState
 from cnnbench.step import PlainStep, Runner, StaticStep, Step
 
@@ -49,13 +49,18 @@ __all__ = ["Interrupted", "train"]
 
 
 def train(
-    cfg: DictConfig, out_dir: Path, resume: Path | None = None, restart: bool = False
+    cfg: DictConfig,
+    out_dir: Path,
+    resume: Path | None = None,
+    restart: bool = False,
+    startup: Phases | None = None,
 ) -> dict:
     """Train and evaluate the configured model; write logs and checkpoints into `out_dir`;
     return the results. With `resume`, continue the run that checkpoint stopped; with
-    `restart`, start afresh in a directory a run without a checkpoint left behind."""
+    `restart`, start afresh in a directory a run without a checkpoint left behind. `startup`:
+    the command line's start-up phases, which this run goes on marking (None: from now)."""
     start = time.perf_counter()
-    PHASES.enter_run()
+    phases = startup or Phases(since=time.time())
     validate(cfg)
     t = cfg.trainer
     device = distributed.run_device(t.device)
@@ -63,10 +68,10 @@ def train(
     config, spec, size = resolved(cfg), data.SPECS[cfg.dataset.name], image_size(cfg)
     ckpt = checkpoint.load_for_resume(resume, config, size) if resume else None
     restarted = not ckpt and distributed.main_first(lambda: claim(out_dir, restart), others=False)
-    log = RunLog(out_dir, config)
-    PHASES.mark("setup")  # validation, the device and its threads, the run directory
+    log = RunLog(out_dir, config, phases)
+    phases.mark("setup")  # validation, the device and its threads, the run directory
     with log.records_failure():
-        state, engine, loaders, runner, flops = build_run(cfg, device, config, start, log)
+        state, engine, loaders, runner, flops = build_run(cfg, device, config, start, log, phases)
         if ckpt:
             state.restore(ckpt, resume)
         distributed.seed_rank(cfg.trainer.seed, state.step)
@@ -207,7 +212,12 @@ def announce(
 
 
 def build_run(
-    cfg: DictConfig, device: torch.device, config: dict, started: float, log: RunLog
+    cfg: DictConfig,
+    device: torch.device,
+    config: dict,
+    started: float,
+    log: RunLog,
+    phases: Phases,
 ) -> tuple[TrainState, Engine, Loaders, Runner, int]:
     """Everything the loop needs, in the order start-up is timed: the data on the device, the
     model, its FLOPs, the engine and optimizer, the schedule, the loss, the position, and the
@@ -215,15 +225,15 @@ def build_run(
     spec, size = data.SPECS[cfg.dataset.name], image_size(cfg)
     seed_everything(cfg.trainer.seed)
     loaders = build_loaders(cfg, device)
-    PHASES.mark("data")
+    phases.mark("data")
     model = build_model(cfg, device)
-    PHASES.mark("model")
+    phases.mark("model")
     flops = forward_flops(model, (spec.channels, size, size))
-    PHASES.mark("flops")  # the FLOP counter's first use imports torch._dynamo
+    phases.mark("flops")  # the FLOP counter's first use imports torch._dynamo
     kind, why = cuda_graph.choose(cfg, device, distributed.world_size())
     engine = build_engine(cfg, model, device, captured=kind == "captured")
     optimizer = build_optimizer(cfg, model, device, static=kind != "plain")
-    PHASES.mark("engine_and_optimizer")
+    phases.mark("engine_and_optimizer")
     steps = max(1, cfg.trainer.epochs * len(loaders.train))
     scheduler = build_scheduler(cfg, optimizer, steps)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.trainer.label_smoothing)
