@@ -359,6 +359,17 @@ def resume_command(out_dir: Path, sweep: bool) -> str:
     return shlex.join([*launcher(), "cnnbench", *flags, *overrides, f"trainer.resume={out_dir}"])
 
 
+class CheckRunDir(Callback):
+    """Hydra makes the run's (or the sweep's) directory right after these hooks: one that
+    cannot be written is refused first, with one line and exit code 2."""
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        check_writable(config.hydra.run.dir)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        check_writable(config.hydra.sweep.dir)
+
+
 class TorchrunSweeps(Callback):
     """Under torchrun, a sweep runs its jobs one after another, each on all processes. A
     sweeper or launcher of its own (Optuna, joblib, submitit) would have each process draw

@@ -89,8 +89,9 @@ def job_name(num: int, args: str, task: list[str]) -> str:
 
 
 def check_writable(folder: str) -> None:
-    """Hydra creates the run directory before any cnnbench code runs, so an unusable one is
-    reported before Hydra starts: one message and exit code 2."""
+    """Hydra creates the run directory before the task runs, so an unusable one is reported
+    before that (cli.check_run_dir for a path on the command line, cli.CheckRunDir for the one
+    the config names): one message and exit code 2."""
     path = Path(folder).expanduser()
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -148,11 +149,10 @@ def _resumed_dir(resume: str | None, root: DictConfig) -> str | None:
     return str(path) if path.is_dir() else None  # no such path: train() names the problem
 
 
-def _writable_run_dir(resume: str | None, default: str, _root_: DictConfig) -> str:
-    """hydra.run.dir and hydra.sweep.dir: the resumed run's directory, else `default`."""
-    chosen = _resumed_dir(resume, _root_) or default
-    check_writable(chosen)
-    return chosen
+def _run_dir(resume: str | None, default: str, _root_: DictConfig) -> str:
+    """hydra.run.dir and hydra.sweep.dir: the resumed run's directory, else `default`. Whether
+    it can be written is checked when the run starts (cli.CheckRunDir), not here."""
+    return _resumed_dir(resume, _root_) or default
 
 
 def register_resolvers() -> None:
@@ -165,7 +165,7 @@ def register_resolvers() -> None:
     resolver("sweep_name", lambda args: sweep_name(shlex.split(args)), use_cache=True)
     resolver("job_name", lambda num, args, task: job_name(num, args, list(task)))
     resolver("not_identity", lambda: list(NOT_IDENTITY))
-    resolver("run_dir", _writable_run_dir)
+    resolver("run_dir", _run_dir)
     resolver("job_dir", lambda resume, default, _root_: _resumed_dir(resume, _root_) or default)
 
 

@@ -157,6 +157,11 @@ CASES = [
         "cannot write the run directory /proc/cnnbench-run",
     ),
     (
+        "run directory named by an interpolation that cannot be written",
+        "hydra.run.dir=/proc/cnnbench-${trainer.seed}",
+        "cannot write the run directory /proc/cnnbench-0",
+    ),
+    (
         "run directory that already holds a run",
         "hydra.run.dir={tmp}/mlp-run",
         "{tmp}/mlp-run already holds a run",
