@@ -168,8 +168,10 @@ def main() -> None:
         sys.argv += ["hydra.output_subdir=null", *quiet]
     try:
         hydra_main()
-    finally:
+    except BaseException:  # an error or a signal: the processes need not meet again
         distributed.close()
+        raise
+    distributed.close(together=True)
 
 
 # ---------------------------------------------------------------------------- the run

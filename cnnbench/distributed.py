@@ -39,9 +39,15 @@ def init() -> None:
     rundir.started = now[0]
 
 
-def close() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()
+def close(together: bool = False) -> None:
+    """Leave the process group. `together` (after a run that ended well on every process):
+    first wait for the others, so that no process tears its connections down while a peer
+    still uses them (a gloo process whose peer had left aborted now and then, SIGABRT)."""
+    if not dist.is_initialized():
+        return
+    if together:
+        dist.barrier()
+    dist.destroy_process_group()
 
 
 def rank() -> int:
