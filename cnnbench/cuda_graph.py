@@ -9,6 +9,7 @@ says why in one line and takes the plain step.
 from __future__ import annotations
 
 import inspect
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -100,7 +101,10 @@ class CapturedStep(StaticStep):
         elif self.failed:
             super().run()
         elif self.warm < self.WARMUP_STEPS:
-            with side_stream():
+            with side_stream(), warnings.catch_warnings():
+                # torch warns, once, that a capturable optimizer stepping uncaptured may be
+                # slower: these steps are the warm-up before the capture
+                warnings.filterwarnings("ignore", "This instance was constructed with capturable")
                 super().run()
             self.warm += 1
         else:
