@@ -403,13 +403,15 @@ class DeviceLoader:
         g = torch.Generator(self.device)
         g.manual_seed(batch_seed(self.seed, self.epoch, batch))
         mine, size = slice(self.rank, None, self.world_size), self.batch_len(batch)
-        shift = torch.zeros(2, size, 1, dtype=torch.long, device=self.device)
-        if self.translate:
-            p = self.translate
-            shift = torch.randint(0, 2 * p + 1, (2, size, 1), generator=g, device=self.device)
-        flip = torch.zeros(size, 1, 1, 1, dtype=torch.bool, device=self.device)
+        if self.translate:  # drawn first, then the flips: the order fixes the streams
+            high = 2 * self.translate + 1
+            shift = torch.randint(0, high, (2, size, 1), generator=g, device=self.device)
+        else:
+            shift = torch.zeros(2, size, 1, dtype=torch.long, device=self.device)
         if self.flip:
             flip = torch.rand(size, 1, 1, 1, generator=g, device=self.device) < 0.5
+        else:
+            flip = torch.zeros(size, 1, 1, 1, dtype=torch.bool, device=self.device)
         return Draws(shift[:, mine], flip[mine])
 
     def augment(self, images: torch.Tensor, draws: Draws) -> torch.Tensor:
