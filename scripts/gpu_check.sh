@@ -18,10 +18,11 @@
 #     pip download --no-deps --only-binary=:all: --python-version 3.12 \
 #         --platform manylinux2014_x86_64 -d wheels PyYAML   # if the machine lacks it
 #
-# They are installed into .gpu_deps/, never into the machine's own Python. It runs the device
-# tests, `cnnbench.bench --quick`, the bench's LeNet-5 and ResNet-18 rows (engine, plain step,
-# bare loop, bf16), LeNet-5 with the captured step against the plain one, fast_mnist over 5
-# seeds, and two epochs of fashion/resnet in float32 and bf16, then prints one table
+# scripts/gpu_deps.sh installs them into .gpu_deps/, never into the machine's own Python.
+# The check runs the device tests, `cnnbench.bench --quick`, the bench's LeNet-5 and ResNet-18
+# rows (engine, plain step, bare loop, bf16), LeNet-5 with the captured step against the plain
+# one, fast_mnist over 5 seeds, and two epochs of fashion/resnet in float32 and bf16, then
+# prints one table
 # (tools/gpu_summary.py; WORK_DIR/summary.json). Without CUDA it runs the CPU cases of the
 # device tests, says so, and exits 0; it exits 1 when a step failed.
 set -uo pipefail
@@ -35,7 +36,7 @@ data=$(cd "$1" && pwd)
 work=${2:-outputs/gpu_check}
 mkdir -p "$work" && work=$(cd "$work" && pwd)
 rm -f "$work/steps.txt"
-export PYTHONPATH="$PWD/.gpu_deps:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+source scripts/gpu_deps.sh
 failed=0
 step() {  # step NAME COMMAND...: run it; its outcome and time go into the table
     local name=$1 start=$SECONDS code
@@ -49,16 +50,7 @@ step() {  # step NAME COMMAND...: run it; its outcome and time go into the table
     return $code
 }
 
-if ! python -c "import hydra, omegaconf" 2>/dev/null; then
-    wheels=(wheels/hydra_core-*.whl wheels/omegaconf-*.whl wheels/antlr4_python3_runtime-*.whl)
-    python -c "import yaml" 2>/dev/null || wheels+=(wheels/[Pp]y[Yy][Aa][Mm][Ll]-*.whl)
-    if ! ls "${wheels[@]}" >/dev/null 2>&1; then
-        echo "hydra-core and omegaconf are missing and wheels/ lacks them: see this script's header"
-        exit 2
-    fi
-    step "install hydra-core, omegaconf, antlr4" python -m pip install -q --no-index --no-deps \
-        --target .gpu_deps "${wheels[@]}" || exit 2
-fi
+step "hydra-core, omegaconf, antlr4 from wheels/" gpu_deps || exit 2
 python -c "import torch; print(torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU')" \
     >"$work/device.txt"
 cuda=$(python -c "import torch; print(int(torch.cuda.is_available()))")
