@@ -22,9 +22,8 @@
 # The check runs the device tests, `cnnbench.bench --quick`, the bench's LeNet-5 and ResNet-18
 # rows (engine, plain step, bare loop, bf16), LeNet-5 with the captured step against the plain
 # one, fast_mnist over 5 seeds, and two epochs of fashion/resnet in float32 and bf16, then
-# prints one table
-# (tools/gpu_summary.py; WORK_DIR/summary.json). Without CUDA it runs the CPU cases of the
-# device tests, says so, and exits 0; it exits 1 when a step failed.
+# prints one table (tools/gpu_summary.py; WORK_DIR/summary.json). Without CUDA it runs the
+# CPU cases of the device tests, says so, and exits 0; it exits 1 when a step failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 if [ $# -lt 1 ] || [ ! -d "$1/mnist" ] || [ ! -d "$1/fashion-mnist" ]; then
