@@ -179,6 +179,16 @@ def table(cases: list[Case], configs: list[DictConfig], peak: float) -> list[dic
     return records
 
 
+def about_run(argv: list[str] | None, machine: dict) -> dict:
+    """What every results file begins with: when, the command, the machine."""
+    args = sys.argv[1:] if argv is None else argv
+    return {
+        "created": datetime.now().isoformat(timespec="seconds"),
+        "command": ["python", "-m", "cnnbench.bench", *args],
+        "machine": machine,
+    }
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = parser()
     args = p.parse_intermixed_args(argv)
@@ -192,33 +202,14 @@ def main(argv: list[str] | None = None) -> dict:
             cases = [for_gpu(case, scale=1 if args.quick else GPU_BATCHES) for case in cases]
             configs = check_inputs(cases, overrides)
         about, peak = measure_machine(device)
+        header = about_run(argv, about)  # before the minutes of timing: "created" is the start
         if args.ablation:
             results = {"machine": about, "ablation": ablation(cases, overrides)}
         elif args.process_only:
-            results = {
-                "created": datetime.now().isoformat(timespec="seconds"),
-                "command": [
-                    "python",
-                    "-m",
-                    "cnnbench.bench",
-                    *(sys.argv[1:] if argv is None else argv),
-                ],
-                "machine": about,
-                "process": whole_process(configs[0], overrides, args.quick),
-            }
+            results = {**header, "process": whole_process(configs[0], overrides, args.quick)}
         else:
-            results = {
-                "created": datetime.now().isoformat(timespec="seconds"),
-                "command": [
-                    "python",
-                    "-m",
-                    "cnnbench.bench",
-                    *(sys.argv[1:] if argv is None else argv),
-                ],
-                "machine": about,
-                "matmul_peak_flops_per_s": peak,
-                "records": table(cases, configs, peak),
-            }
+            records = table(cases, configs, peak)
+            results = {**header, "matmul_peak_flops_per_s": peak, "records": records}
             results["bf16"] = bf16_rows(cases, overrides, results["records"])
             if not args.no_process:
                 results["process"] = whole_process(configs[0], overrides, args.quick)
