@@ -1,8 +1,8 @@
-"""The training step, and the fixed-buffer form of it that a CUDA graph records.
+"""How the training loop calls the step (train.Step: forward, loss, backward, the update, and
+the epoch's sums on the device), and the fixed-buffer form of it that a CUDA graph records.
 
-`Step` is one optimizer step on a gathered batch: forward, loss, backward, the update, and the
-epoch's sums on the device. `PlainStep` gathers each batch and calls it. `StaticStep` calls the
-very same `Step` on fixed buffers: a batch's indices and augmentation draws are copied into
+`PlainStep` gathers each batch and calls the step. `StaticStep` calls the very same step on
+fixed buffers: a batch's indices and augmentation draws are copied into
 buffers, the gather reads the split through them, and the learning rate reaches the optimizer
 as a device tensor refreshed from the schedule before each step. Nothing in its body reads a
 Python number that changes between steps, so `cuda_graph.CapturedStep` can record it once and
@@ -15,37 +15,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
-from torch import nn
 
-from cnnbench.build import Engine
 from cnnbench.data import Batch, DeviceLoader, Draws
-from cnnbench.state import TrainState
 
-
-@dataclass
-class Step:
-    """One optimizer step. `fraction`: this process's part of the global batch (1 alone)."""
-
-    engine: Engine
-    optimizer: torch.optim.Optimizer
-    loss_fn: nn.Module
-    state: TrainState
-    world: int = 1
-
-    def __call__(self, x: torch.Tensor, y: torch.Tensor, fraction: float) -> None:
-        with self.engine.autocast:
-            logits = self.engine.forward(x)
-            loss = self.loss_fn(logits, y)
-        # this process's part of the global batch's mean loss (all of it on one process);
-        # DDP averages the processes' gradients, hence the factor world
-        share = loss * fraction
-        self.optimizer.zero_grad(set_to_none=True)
-        self.engine.scaler.scale(share * self.world).backward()
-        self.engine.scaler.step(self.optimizer)
-        self.engine.scaler.update()
-        self.state.add(loss, share, logits, y)
+if TYPE_CHECKING:  # train imports this module
+    from cnnbench.train import Step
 
 
 @dataclass

@@ -3,7 +3,9 @@
     python -m cnnbench model=mlp dataset=mnist trainer.epochs=3
 
 `train(cfg, out_dir)` is the whole run, read top to bottom: set up, train epoch by epoch
-(`train_one_epoch`, the step, right below it), evaluate after each, save, return the results.
+(`train_one_epoch`, and `Step`, the training step itself, right below it), evaluate after
+each, save, return the results. On CUDA the step is recorded once as a CUDA graph and replayed
+(step.py, cuda_graph.py).
 What is not training sits behind one name each: `build` (model, data, optimizer), `TrainState`
 (the position and its checkpoint), `RunLog` (everything written), `StopSignals` and
 `distributed` (torchrun). The command line is `cli.py`.
@@ -13,7 +15,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -43,7 +45,7 @@ from cnnbench.seeding import seed_everything
 from cnnbench.signals import Interrupted, StopSignals
 from cnnbench.startup import Phases
 from cnnbench.state import EpochTotals, Trainables, TrainState
-from cnnbench.step import PlainStep, Runner, StaticStep, Step
+from cnnbench.step import PlainStep, Runner, StaticStep
 
 __all__ = ["Interrupted", "train"]
 
@@ -145,6 +147,30 @@ def finish_epoch(
     if improved:  # the same checkpoint, linked rather than written twice
         state.copy(out_dir / "last.pt", out_dir / "best.pt")
     return figures
+
+
+@dataclass
+class Step:
+    """One optimizer step. `fraction`: this process's part of the global batch (1 alone)."""
+
+    engine: Engine
+    optimizer: torch.optim.Optimizer
+    loss_fn: nn.Module
+    state: TrainState
+    world: int = 1
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, fraction: float) -> None:
+        with self.engine.autocast:
+            logits = self.engine.forward(x)
+            loss = self.loss_fn(logits, y)
+        # this process's part of the global batch's mean loss (all of it on one process);
+        # DDP averages the processes' gradients, hence the factor world
+        share = loss * fraction
+        self.optimizer.zero_grad(set_to_none=True)
+        self.engine.scaler.scale(share * self.world).backward()
+        self.engine.scaler.step(self.optimizer)
+        self.engine.scaler.update()
+        self.state.add(loss, share, logits, y)
 
 
 def train_one_epoch(
