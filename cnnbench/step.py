@@ -15,21 +15,26 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 
 from cnnbench.data import Batch, DeviceLoader, Draws
 
-if TYPE_CHECKING:  # train imports this module
-    from cnnbench.train import Step
+
+class TrainingStep(Protocol):
+    """What this module needs of train.Step (it does not import train, which imports it)."""
+
+    optimizer: torch.optim.Optimizer
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, fraction: float) -> None: ...
 
 
 @dataclass
 class PlainStep:
     """Gather the batch, then step: every batch of every run that captures nothing."""
 
-    step: Step
+    step: TrainingStep
     loader: DeviceLoader
     why: str | None = None  # why the run asked for a captured step and takes this one
     name = "plain"
@@ -46,7 +51,7 @@ class StaticStep:
 
     name = "static"
 
-    def __init__(self, step: Step, loader: DeviceLoader, why: str | None = None) -> None:
+    def __init__(self, step: TrainingStep, loader: DeviceLoader, why: str | None = None) -> None:
         self.step, self.loader, self.plain = step, loader, PlainStep(step, loader)
         self.why = why
         device, n = loader.device, loader.batch_size
