@@ -288,18 +288,20 @@ def tune_backend(
     deterministic: bool = False,
     matmul_precision: str = "highest",
     threads: int | None = None,
+    jobs: int = 1,
 ) -> tuple[int, str]:
     """trainer.deterministic: kernels that give the same bits on every run, so that a run
     resumed on its GPU ends as it would have (on the CPU they do already). cuBLAS needs a
     fixed workspace for that, set before its first call. `threads`: trainer.threads (None:
-    the cores shared with the processes that run together, cores.plan). Returns the thread
+    the cores shared with the processes that run together, cores.plan; `jobs` of them started
+    by a launcher with this one). Returns the thread
     count and why."""
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     # only when it changes: the call imports torch._inductor (1.4 s of start-up here)
     if torch.are_deterministic_algorithms_enabled() != deterministic:
         torch.use_deterministic_algorithms(deterministic)
-    count, why = cores.plan(threads)
+    count, why = cores.plan(threads, jobs)
     if torch.get_num_threads() != count:
         torch.set_num_threads(count)
     torch.set_float32_matmul_precision(matmul_precision)

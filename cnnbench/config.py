@@ -6,25 +6,27 @@ reported at once.
 from __future__ import annotations
 
 import difflib
-import math
-import numbers
 import os
-import re
-from collections.abc import Callable
-from dataclasses import fields
+from dataclasses import fields, is_dataclass
 from pathlib import Path
 
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
+from hydra.core.config_store import ConfigStore
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException, MissingConfigException
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
+from omegaconf.errors import (
+    ConfigAttributeError,
+    ConfigKeyError,
+    OmegaConfBaseException,
+    ValidationError,
+)
 
-from cnnbench import rundir  # noqa: F401  (registers conf/config.yaml's resolvers)
+from cnnbench import rundir, schema
 from cnnbench.datasets import SPECS
 from cnnbench.errors import ConfigError
 from cnnbench.runs import flatten
-from cnnbench.schema import DatasetConfig, TrainerConfig
 
 _HERE = Path(__file__).resolve().parent
 # installed: the configs ship inside the package; source tree or editable: the top-level conf/
@@ -32,199 +34,16 @@ CONFIG_DIR = next(
     p for p in (_HERE / "conf", _HERE.parent / "conf") if (p / "config.yaml").is_file()
 )
 
-GROUPS = ("model", "dataset", "optimizer", "scheduler", "trainer")
-# trainer.precision: autocast's dtype is chosen where training starts (build.PRECISIONS)
-PRECISION_NAMES = ("32", "bf16", "16-mixed", "auto")
-# trainer.cuda_graph: whether the training step is captured (cuda_graph.choose)
-CUDA_GRAPH_NAMES = ("auto", "true", "false")
-# model keys read by cnnbench, not passed to the model's constructor
-MODEL_INPUT_KEYS = ("min_size", "input_size")
-# how the weights start (build.init_weights): PyTorch's own, or a scheme applied over it
-INITS = ("default", "xavier", "kaiming")
+GROUPS = tuple(schema.SCHEMAS)
 # the model keys that are not arguments of the network's class
-MODEL_BUILD_KEYS = (*MODEL_INPUT_KEYS, "init")
-SCHEMA_KEYS = {
-    f"{group}.{f.name}"
-    for group, schema in (("dataset", DatasetConfig), ("trainer", TrainerConfig))
-    for f in fields(schema)
-}
+MODEL_BUILD_KEYS = tuple(f.name for f in fields(schema.ModelConfig) if f.name != "_target_")
 
 
-def _number(x: object) -> bool:
-    return isinstance(x, numbers.Real) and not isinstance(x, bool)
-
-
-def _integer(x: object) -> bool:
-    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
-
-
-def _int_at_least(low: int) -> Callable[[object], bool]:
-    return lambda v: _integer(v) and v >= low
-
-
-def _in_range(low: float, high: float) -> Callable[[object], bool]:
-    """low <= v < high"""
-    return lambda v: _number(v) and low <= v < high
-
-
-def _bool(v: object) -> bool:
-    return isinstance(v, bool)
-
-
-def _or_none(ok: Callable[[object], bool]) -> Callable[[object], bool]:
-    return lambda v: v is None or ok(v)
-
-
-def _text(v: object) -> bool:
-    return isinstance(v, str) and v != ""
-
-
-def _positive(v: object) -> bool:
-    return _number(v) and v > 0
-
-
-# The value checks, by config key: (test, what is allowed, an example override). A key is
-# checked wherever it appears in the composed config (sgd has momentum, adam has betas). The
-# schemas (schema.py) already fix the types of dataset.* and trainer.*; a value of the wrong
-# type gets the same message from compose().
-RULES: dict[str, tuple[Callable[[object], bool], str, str]] = {
-    "model.min_size": (_int_at_least(1), "an integer >= 1 (pixels per side)", "model.min_size=28"),
-    "model.input_size": (
-        _or_none(_int_at_least(1)),
-        "null (the dataset's size) or an integer >= 1",
-        "model.input_size=96",
-    ),
-    "model.init": (
-        lambda v: v in INITS,
-        f"one of {', '.join(INITS)} (xavier: d2l's train_ch6)",
-        "model.init=xavier",
-    ),
-    "dataset.root": (_text, "a folder", "dataset.root=data"),
-    "dataset.cache_dir": (_text, "a folder", "dataset.cache_dir=~/.cache/cnnbench"),
-    "trainer.device": (_text, "auto, cpu, cuda, cuda:N or mps", "trainer.device=cpu"),
-    "trainer.resume": (
-        _or_none(_text),
-        "null, auto, a run directory or a checkpoint file",
-        "trainer.resume=outputs/2026-01-01/12-00-00",
-    ),
-    "dataset.name": (lambda v: v in SPECS, f"one of {', '.join(SPECS)}", "dataset=mnist"),
-    "dataset.download": (_bool, "true or false", "dataset.download=false"),
-    "dataset.normalize": (_bool, "true or false", "dataset.normalize=false"),
-    "dataset.batch_size": (_int_at_least(1), "an integer >= 1", "dataset.batch_size=256"),
-    "dataset.val_size": (
-        _int_at_least(0),
-        "an integer >= 0 (training images held out for validation)",
-        "dataset.val_size=10000",
-    ),
-    "dataset.resize": (
-        _or_none(_int_at_least(1)),
-        "null or an integer >= 1 (pixels per side)",
-        "dataset.resize=224",
-    ),
-    "dataset.translate": (
-        _int_at_least(0),
-        "an integer >= 0 (pixels; 0 turns it off)",
-        "dataset.translate=2",
-    ),
-    "dataset.flip": (_bool, "true or false", "dataset.flip=true"),
-    "optimizer.lr": (_positive, "a number > 0", "optimizer.lr=0.01"),
-    "optimizer.momentum": (_in_range(0, 1), "a number in [0, 1)", "optimizer.momentum=0.9"),
-    "optimizer.weight_decay": (
-        _in_range(0, math.inf),
-        "a number >= 0",
-        "optimizer.weight_decay=0.0005",
-    ),
-    "optimizer.fused": (_or_none(_bool), "null or true or false", "optimizer.fused=true"),
-    "optimizer.nesterov": (_bool, "true or false", "optimizer.nesterov=true"),
-    "optimizer.betas": (
-        lambda v: len(v) == 2 and all(_in_range(0, 1)(b) for b in v),
-        "two numbers in [0, 1)",
-        "optimizer.betas=[0.9,0.999]",
-    ),
-    "scheduler.step_size": (
-        _int_at_least(1),
-        "an integer >= 1 (optimizer steps)",
-        "scheduler.step_size=1000",
-    ),
-    "scheduler.gamma": (_positive, "a number > 0", "scheduler.gamma=0.1"),
-    "scheduler.eta_min": (_in_range(0, math.inf), "a number >= 0", "scheduler.eta_min=0"),
-    "scheduler.max_lr": (_positive, "a number > 0", "scheduler.max_lr=0.1"),
-    "scheduler.pct_start": (
-        lambda v: _number(v) and 0 < v < 1,
-        "a number in (0, 1)",
-        "scheduler.pct_start=0.3",
-    ),
-    "scheduler.factor": (
-        lambda v: _number(v) and 0 < v <= 1,
-        "a number in (0, 1]",
-        "scheduler.factor=1.0",
-    ),
-    "scheduler.total_iters": (_int_at_least(0), "an integer >= 0", "scheduler.total_iters=0"),
-    "trainer.epochs": (_int_at_least(0), "an integer >= 0", "trainer.epochs=10"),
-    "trainer.seed": (
-        lambda v: _integer(v) and 0 <= v < 2**32,
-        "an integer in [0, 2**32)",
-        "trainer.seed=1",
-    ),
-    "trainer.log_every_n_steps": (
-        _int_at_least(1),
-        "an integer >= 1",
-        "trainer.log_every_n_steps=50",
-    ),
-    "trainer.eval_batch_size": (
-        _int_at_least(1),
-        "an integer >= 1",
-        "trainer.eval_batch_size=1000",
-    ),
-    "trainer.label_smoothing": (
-        _in_range(0, 1),
-        "a number in [0, 1)",
-        "trainer.label_smoothing=0.1",
-    ),
-    "trainer.limit_train_batches": (
-        _or_none(_int_at_least(1)),
-        "null or an integer >= 1",
-        "trainer.limit_train_batches=10",
-    ),
-    "trainer.precision": (
-        lambda v: str(v) in PRECISION_NAMES,
-        f"one of {', '.join(PRECISION_NAMES)}",
-        "trainer.precision=bf16",
-    ),
-    "trainer.compile": (_bool, "true or false", "trainer.compile=true"),
-    "trainer.cuda_graph": (
-        lambda v: str(v).lower() in CUDA_GRAPH_NAMES,
-        f"one of {', '.join(CUDA_GRAPH_NAMES)}",
-        "trainer.cuda_graph=false",
-    ),
-    "trainer.deterministic": (_bool, "true or false", "trainer.deterministic=true"),
-    "trainer.matmul_precision": (
-        lambda v: v in ("highest", "high", "medium"),
-        "one of highest, high, medium",
-        "trainer.matmul_precision=high",
-    ),
-    "trainer.channels_last": (_bool, "true or false", "trainer.channels_last=true"),
-    "trainer.tta": (
-        lambda v: v in ("none", "flip", "translate", "flip_translate"),
-        "one of none, flip, translate, flip_translate",
-        "trainer.tta=flip_translate",
-    ),
-    "trainer.threads": (
-        _or_none(_int_at_least(1)),
-        "null (the cores, shared with the runs beside it) or an integer >= 1",
-        "trainer.threads=1",
-    ),
-    "trainer.limit_test_batches": (
-        _or_none(_int_at_least(1)),
-        "null or an integer >= 1",
-        "trainer.limit_test_batches=10",
-    ),
-}
-
-
-def not_allowed(key: str, value: object) -> str:
-    _, allowed, example = RULES[key]
-    return f"{key}={value!r} is not allowed: use {allowed}, e.g. {example}"
+def setup() -> None:
+    """What composing conf/config.yaml needs besides the YAML files: the schemas its groups
+    extend and the resolvers it calls. Idempotent; compose() and the command line call it."""
+    schema.register(ConfigStore.instance())
+    rundir.register_resolvers()
 
 
 # ---------------------------------------------------------------------------- composing
@@ -234,6 +53,7 @@ def compose(overrides: list[str], hydra_config: bool = False) -> DictConfig:
     """conf/config.yaml with `overrides`, as `python -m cnnbench` composes it. Hydra's errors
     (an unknown option, a misspelt key, a value of the wrong type) become one ConfigError that
     says what to write instead."""
+    setup()
     try:
         with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
             return hydra_compose("config", overrides=overrides, return_hydra_config=hydra_config)
@@ -247,65 +67,57 @@ def group_options(group: str) -> list[str]:
     return sorted(str(p.relative_to(folder).with_suffix("")) for p in folder.rglob("*.yaml"))
 
 
+def explain(err: Exception, overrides: list[str]) -> ConfigError:
+    """One message for a Hydra or OmegaConf error, with the options or the closest name."""
+    cause = err.__cause__ or err
+    key = getattr(cause, "full_key", None)
+    if isinstance(err, MissingConfigException) and err.missing_cfg_file:
+        group, name = _missing_option(err.missing_cfg_file, overrides)
+        options = set(group_options(group))
+        if err.missing_cfg_file.rpartition("/")[0] == group:  # err.options are this group's:
+            options |= set(err.options or ())  # those a plugin adds (hydra/launcher=joblib)
+        return ConfigError(
+            f"{group}={name}: no such option.{_suggest(name, sorted(options), group)}"
+        )
+    if key in schema.ALLOWED and isinstance(cause, ValidationError):  # a value of the wrong type
+        return ConfigError(schema.ALLOWED[key].message(key, _given(overrides, key)))
+    if key and isinstance(cause, ConfigAttributeError | ConfigKeyError):
+        group = key.rpartition(".")[0]
+        known = [k for k in _keys_without(overrides, key) if k.startswith(f"{group}.")]
+        close = difflib.get_close_matches(key, known, n=1, cutoff=0.8)
+        hint = f". Did you mean {close[0]}?" if close else ""
+        return ConfigError(f"{key}: cnnbench has no such setting{hint} {SHOWS_EVERY_SETTING}")
+    lines = [str(err).splitlines()[0] if str(err) else type(err).__name__]
+    if cause is not err:
+        lines.append(str(cause).splitlines()[0])
+    return ConfigError(" ".join(lines))
+
+
+SHOWS_EVERY_SETTING = "(python -m cnnbench --cfg job shows every setting)"
+
+
 def _missing_option(path: str, overrides: list[str]) -> tuple[str, str]:
     """'experiment/d2l/vgg1' -> ('experiment', 'd2l/vgg1'), by the override that asked for it."""
-    for o in overrides:
-        group, _, name = o.lstrip("+~").partition("=")
+    for override in overrides:
+        group, _, name = override.lstrip("+~").partition("=")
         if f"{group}/{name}" == path:
             return group, name
     group, _, name = path.rpartition("/")
     return group, name
 
 
-def _given(overrides: list[str], key: str) -> str | None:
-    for o in reversed(overrides):  # the last one counts
-        name, _, value = o.lstrip("+~").partition("=")
-        if name == key:
-            return value
+def _given(overrides: list[str], key: str) -> object:
+    """The value an override gives `key`, as Hydra's parser reads it (2.5 a float, fast a
+    string); the last one counts."""
+    for override in reversed(OverridesParser.create().parse_overrides(overrides)):
+        if override.key_or_group == key:
+            return override.value()
     return None
-
-
-def explain(err: Exception, overrides: list[str]) -> ConfigError:
-    """One message for a Hydra or OmegaConf error, with the options or the closest name."""
-    cause = err.__cause__ or err
-    text = str(err)
-    if isinstance(err, MissingConfigException) and (found := re.search(r"find '(.+?)'", text)):
-        group, name = _missing_option(found.group(1), overrides)
-        # options Hydra or a plugin provides (hydra/launcher=joblib) are listed in its message
-        listed = re.findall(r"^\t(\S+)$", text, flags=re.M)
-        options = sorted(set(group_options(group)) | set(listed))
-        return ConfigError(f"{group}={name}: no such option.{_suggest(name, options, group)}")
-    key = getattr(cause, "full_key", None)
-    if key in RULES and isinstance(cause, OmegaConfBaseException) and "convert" in str(cause):
-        raw = _given(overrides, key)
-        return ConfigError(not_allowed(key, _parsed(raw) if raw is not None else raw))
-    if key and isinstance(cause, ConfigAttributeError | ConfigKeyError):
-        group = key.rpartition(".")[0]
-        known = [k for k in _keys_without(overrides, key) if k.startswith(f"{group}.")]
-        close = difflib.get_close_matches(key, known, n=1, cutoff=0.8)
-        hint = f". Did you mean {close[0]}?" if close else ""
-        return ConfigError(
-            f"{key}: cnnbench has no such setting{hint} "
-            "(python -m cnnbench --cfg job shows every setting)"
-        )
-    first = text.splitlines()[0] if text else type(err).__name__
-    detail = str(cause).splitlines()[0] if cause is not err else ""
-    return ConfigError(" ".join(p for p in (first, detail) if p))
-
-
-def _parsed(raw: str) -> object:
-    """A value as Hydra's parser reads it: 2.5 a float, true a bool, fast a string."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    try:
-        return OverridesParser.create().parse_override(f"k={raw}").value()
-    except Exception:  # not Hydra syntax: shown as given
-        return raw
 
 
 def _keys_without(overrides: list[str], key: str) -> list[str]:
     try:
-        cfg = compose([o for o in overrides if _given([o], key) is None])
+        cfg = compose([o for o in overrides if not o.lstrip("+~").startswith(f"{key}=")])
     except ConfigError:
         return []
     return list(flatten(OmegaConf.to_container(cfg, resolve=False)))
@@ -320,33 +132,24 @@ def _suggest(name: str, options: list[str], group: str) -> str:
 # ---------------------------------------------------------------------------- checking
 
 
-def validate(cfg: DictConfig, given: dict[str, object] | None = None) -> None:
-    """Raise one ConfigError listing every value that cannot work, before any data is read.
-    `given` holds values as typed on the command line, which the messages quote."""
-    given = given or {}
-    present = [*cfg] + [f"{group}.{key}" for group in ("dataset", "trainer") for key in cfg[group]]
+def validate(cfg: DictConfig) -> None:
+    """Raise one ConfigError listing every value that cannot work, before any data is read:
+    a key its group's schema does not have, a value outside what the schema allows."""
     problems = [
-        f"{key}: cnnbench has no such setting; remove it (python -m cnnbench --cfg job shows "
-        "every setting)"
-        for key in present
-        if key not in (*GROUPS, *SCHEMA_KEYS)
+        f"{key}: cnnbench has no such setting; remove it {SHOWS_EVERY_SETTING}"
+        for key in _unknown_keys(cfg)
     ]
     for key, value in flatten(OmegaConf.to_container(cfg, resolve=True)).items():
-        if key not in RULES:
-            continue
-        try:
-            good = RULES[key][0](value)
-        except TypeError:  # e.g. len() of a number given for betas
-            good = False
-        if not good:
-            problems.append(not_allowed(key, given.get(key, value)))
+        allowed = schema.ALLOWED.get(key)
+        if allowed and not _passes(allowed, value):
+            problems.append(allowed.message(key, value))
     root = Path(str(cfg.dataset.root)).expanduser()
     if root.exists() and not (root.is_dir() and os.access(root, os.R_OK | os.X_OK)):
         problems.append(
             f"dataset.root={cfg.dataset.root!r} is not a readable folder: point it at the "
             "folder that holds the dataset, e.g. dataset.root=data"
         )
-    missing = [k for k in MODEL_INPUT_KEYS if k not in cfg.model]
+    missing = [k for k in ("min_size", "input_size") if k not in cfg.model]
     if missing:
         problems.append(
             f"model: the config has no {' or '.join(missing)}; every conf/model/*.yaml declares "
@@ -356,6 +159,25 @@ def validate(cfg: DictConfig, given: dict[str, object] | None = None) -> None:
     if problems:
         raise ConfigError("\n".join(problems))
     _check_image_size(cfg)
+
+
+def _unknown_keys(cfg: DictConfig) -> list[str]:
+    """Top-level keys that are no group, and keys a typed group's schema lacks (added with +)."""
+    unknown = [key for key in cfg if key not in GROUPS]
+    for group in GROUPS:
+        node = cfg.get(group)
+        typed = node is not None and is_dataclass(OmegaConf.get_type(node))
+        if typed:
+            names = {f.name for f in fields(OmegaConf.get_type(node))}
+            unknown += [f"{group}.{key}" for key in node if key not in names]
+    return unknown
+
+
+def _passes(allowed: schema.Allowed, value: object) -> bool:
+    try:
+        return bool(allowed.test(value))
+    except TypeError:  # e.g. len() of a number given for betas
+        return False
 
 
 def _check_image_size(cfg: DictConfig) -> None:

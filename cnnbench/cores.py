@@ -5,8 +5,8 @@ must be in the environment before torch loads OpenMP, and the command line sets 
 Who shares the cores, in the order asked:
 
 1. `trainer.threads`, set by hand;
-2. the processes a launcher started together: joblib's `n_jobs` (the command line passes it
-   on as CNNBENCH_JOBS) and torchrun's processes on this machine (LOCAL_WORLD_SIZE);
+2. the processes a launcher started together: joblib's `n_jobs` (the command line hands it
+   to `plan` as `jobs`) and torchrun's processes on this machine (LOCAL_WORLD_SIZE);
 3. OMP_NUM_THREADS, when the user set it;
 4. the other cnnbench runs live on this machine: each `python -m cnnbench` puts its process
    id in a folder of the temporary directory when it starts (before torch is imported), so
@@ -47,7 +47,7 @@ def usable_cores() -> int:
 def quiet_openmp() -> None:
     """Idle OpenMP threads sleep instead of spinning when other processes share the cores.
     Must run before torch is imported; a value the user set is kept (active spins)."""
-    if launcher_jobs() > 1 or others_running(paused=True) > 0 or busy():
+    if local_processes() > 1 or others_running(paused=True) > 0 or busy():
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
@@ -120,19 +120,18 @@ def others_running(paused: bool = False) -> int:
     return count
 
 
-def launcher_jobs() -> int:
-    """The processes a launcher started together on this machine: joblib's n_jobs, torchrun's
-    local world size, else 1."""
-    jobs = int(os.environ.get("CNNBENCH_JOBS", "1"))
-    return max(1, jobs, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+def local_processes() -> int:
+    """torchrun's processes on this machine, else 1."""
+    return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
 
-def plan(threads: int | None) -> tuple[int, str]:
-    """(the intra-op thread count, why): see the module's docstring for the order."""
+def plan(threads: int | None, jobs: int = 1) -> tuple[int, str]:
+    """(the intra-op thread count, why): see the module's docstring for the order. `jobs`:
+    the processes a launcher (joblib) started together with this one."""
     cores = usable_cores()
     if threads is not None:
         return threads, "trainer.threads"
-    jobs = launcher_jobs()
+    jobs = max(jobs, local_processes())
     if jobs > 1:
         return max(1, cores // jobs), f"{cores} cores shared by {jobs} processes"
     if os.environ.get("OMP_NUM_THREADS", "").isdigit():

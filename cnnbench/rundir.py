@@ -14,9 +14,9 @@ from pathlib import Path
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
-from cnnbench.errors import ConfigError, fail
+from cnnbench.errors import ConfigError
 from cnnbench.runs import NOT_IDENTITY, newest_matching_run
 
 # the moment the run started; a torchrun run sets it to rank 0's, so that every process
@@ -88,21 +88,19 @@ def job_name(num: int, args: str, task: list[str]) -> str:
     return f"{num}_{name}" if name else str(num)
 
 
-def check_writable(folder: str) -> None:
-    """Hydra creates the run directory before the task runs, so an unusable one is reported
-    before that (cli.check_run_dir for a path on the command line, cli.CheckRunDir for the one
-    the config names): one message and exit code 2."""
-    path = Path(folder).expanduser()
+def make(folder: str) -> None:
+    """Make the run's (or the sweep's) directory as the run starts, before Hydra writes into
+    it, so that one that cannot be made is refused with one line and exit code 2."""
     try:
+        path = Path(folder).expanduser()
         path.mkdir(parents=True, exist_ok=True)
         if not os.access(path, os.W_OK | os.X_OK):
             raise PermissionError("permission denied")
     except OSError as err:
-        fail(
-            "cnnbench",
+        raise ConfigError(
             f"cannot write the run directory {folder} ({err.strerror or err}). Choose another, "
-            "e.g. hydra.run.dir=outputs/my-run (hydra.sweep.dir for -m)",
-        )
+            "e.g. hydra.run.dir=outputs/my-run (hydra.sweep.dir for -m)"
+        ) from None
 
 
 def claim(out_dir: Path, restart: bool) -> bool:
@@ -136,26 +134,24 @@ def unclaimed(folder: str) -> str:
     return str(path)
 
 
-def _resumed_dir(resume: str | None, root: DictConfig) -> str | None:
+def resumed_dir(resume: str | None, cfg: dict) -> Path | None:
+    """The directory of the run that trainer.resume continues: auto finds the newest run
+    under outputs/ with this config (none: None, a new run)."""
     if resume is None:
         return None
-    # absolute: in a sweep, Hydra joins this onto the sweep directory
     if resume == "auto":
-        found = newest_matching_run(OmegaConf.to_container(root, resolve=False))
-        return str(found.absolute()) if found else None
+        found = newest_matching_run(cfg)
+        return found.absolute() if found else None
     path = Path(str(resume)).expanduser().absolute()
     if path.is_file():
-        return str(path.parent)
-    return str(path) if path.is_dir() else None  # no such path: train() names the problem
-
-
-def _run_dir(resume: str | None, default: str, _root_: DictConfig) -> str:
-    """hydra.run.dir and hydra.sweep.dir: the resumed run's directory, else `default`. Whether
-    it can be written is checked when the run starts (cli.CheckRunDir), not here."""
-    return _resumed_dir(resume, _root_) or default
+        return path.parent
+    return path if path.is_dir() else None  # no such path: checkpoint.find names the problem
 
 
 def register_resolvers() -> None:
+    """The `cnnbench.*` resolvers conf/config.yaml names its directories with. Each computes
+    a name from its arguments, the command line and the clock; none touches a file."""
+
     def resolver(name: str, fn, **kwargs) -> None:
         OmegaConf.register_new_resolver(f"cnnbench.{name}", fn, replace=True, **kwargs)
 
@@ -165,8 +161,9 @@ def register_resolvers() -> None:
     resolver("sweep_name", lambda args: sweep_name(shlex.split(args)), use_cache=True)
     resolver("job_name", lambda num, args, task: job_name(num, args, list(task)))
     resolver("not_identity", lambda: list(NOT_IDENTITY))
-    resolver("run_dir", _run_dir)
-    resolver("job_dir", lambda resume, default, _root_: _resumed_dir(resume, _root_) or default)
+    resolver("on_rank_zero", lambda value, other: value if rank_zero() else other)
 
 
-register_resolvers()
+def rank_zero() -> bool:
+    """This process is torchrun's rank 0, or the only one (RANK: no torch import)."""
+    return os.environ.get("RANK", "0") == "0"

@@ -56,17 +56,19 @@ def train(
     resume: Path | None = None,
     restart: bool = False,
     startup: Phases | None = None,
+    jobs: int = 1,
 ) -> dict:
     """Train and evaluate the configured model; write logs and checkpoints into `out_dir`;
     return the results. With `resume`, continue the run that checkpoint stopped; with
     `restart`, start afresh in a directory a run without a checkpoint left behind. `startup`:
-    the command line's start-up phases, which this run goes on marking (None: from now)."""
+    the command line's start-up phases, which this run goes on marking (None: from now).
+    `jobs`: the runs a launcher (joblib) started beside this one, which share the cores."""
     start = time.perf_counter()
     phases = startup or Phases(since=time.time())
     validate(cfg)
     t = cfg.trainer
     device = distributed.run_device(t.device)
-    threads = tune_backend(device, t.deterministic, t.matmul_precision, t.threads)
+    threads = tune_backend(device, t.deterministic, t.matmul_precision, t.threads, jobs)
     config, spec, size = resolved(cfg), data.SPECS[cfg.dataset.name], image_size(cfg)
     ckpt = checkpoint.load_for_resume(resume, config, size) if resume else None
     restarted = not ckpt and distributed.main_first(lambda: claim(out_dir, restart), others=False)

@@ -118,7 +118,7 @@ def test_cases_name_a_model_and_a_size():
     [
         (["trainer.epoch=3"], "trainer.epoch"),
         (["--models", "nope"], "model=nope: no such option"),
-        (["optimizer.lr=-1"], "optimizer.lr=-1 is not allowed"),
+        (["optimizer.lr=-1"], "optimizer.lr=-1.0 is not allowed"),
         (["--models", "alexnet@28"], "AlexNet takes images of at least 67x67"),
     ],
 )

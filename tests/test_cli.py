@@ -72,7 +72,7 @@ def test_default_output_layout_and_sweep(tmp_path, data_root):
     [
         ("model=nope", "model=nope: no such option"),
         ("trainer.epoch=3", "trainer.epoch: cnnbench has no such setting. Did you mean trainer.ep"),
-        ("optimizer.lr=-1", "optimizer.lr=-1 is not allowed: use a number > 0"),
+        ("optimizer.lr=-1", "optimizer.lr=-1.0 is not allowed: use a number > 0"),
         ("dataset.batch_size=0", "dataset.batch_size=0 is not allowed: use an integer >= 1"),
         ("trainer.device=cuda:7", "trainer.device=cuda:7"),
         ("dataset=mnist", "MNIST (train split) not found"),

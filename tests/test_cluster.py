@@ -9,7 +9,7 @@ import sys
 import pytest
 from hydra import compose, initialize_config_dir
 
-from cnnbench.config import CONFIG_DIR
+from cnnbench.config import CONFIG_DIR, setup
 from tests import fake_slurm
 from tests.conftest import small_overrides
 from tests.test_cli import cnnbench, env
@@ -46,6 +46,7 @@ def test_a_sweep_through_submitit_local_completes_and_is_reported(tmp_path, data
 
 def test_the_slurm_preset_composes_with_the_documented_settings():
     # Hydra's own compose: the launcher's values are read inside its context
+    setup()  # the schemas and resolvers conf/config.yaml needs
     with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
         cfg = compose("config", overrides=["hydra/launcher=slurm"], return_hydra_config=True)
         launcher = cfg.hydra.launcher

@@ -54,7 +54,9 @@ def test_a_failing_job_is_recorded_and_the_others_finish(sweep):
     assert len(done) == 3
     by_lr = {r["config"]["optimizer"]["lr"]: r for r in done.values()}
     assert by_lr[0.01]["status"] == by_lr[0.1]["status"] == "ok"
-    assert by_lr[-1]["status"] == "error" and "optimizer.lr=-1 is not allowed" in by_lr[-1]["error"]
+    assert (
+        by_lr[-1]["status"] == "error" and "optimizer.lr=-1.0 is not allowed" in by_lr[-1]["error"]
+    )
     assert "sweep" in first.stdout and "3 runs (1 error, 2 ok)" in first.stdout
 
 
@@ -92,10 +94,10 @@ def test_the_report_lists_every_run_with_its_figures(sweep):
     with open(folder / "report.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [r["status"] for r in rows] == ["ok", "ok", "error"]
-    assert {r["optimizer.lr"] for r in rows} == {"0.01", "0.1", "-1"}
+    assert {r["optimizer.lr"] for r in rows} == {"0.01", "0.1", "-1.0"}
     assert float(rows[0]["best test acc"]) >= float(rows[1]["best test acc"])
     assert all(int(r["params"]) == 203_530 for r in rows[:2])
-    assert "| optimizer.lr |" in proc.stdout and "optimizer.lr=-1 is not allowed" in proc.stdout
+    assert "| optimizer.lr |" in proc.stdout and "optimizer.lr=-1.0 is not allowed" in proc.stdout
     for name in ("curves.png", "tradeoffs.png"):
         assert (folder / name).stat().st_size > 10_000, name
     assert (folder / "report.md").read_text().startswith("# Comparison of 3 runs")
@@ -237,7 +239,7 @@ def test_a_search_without_a_validation_split_is_refused(tmp_path, data_root):
     )
     assert proc.returncode == 2 and "needs a validation split" in proc.stderr
     assert "Traceback" not in proc.stderr
-    assert results(sweep_dir(tmp_path)) == {}  # no trial trained
+    assert not (tmp_path / "outputs").exists()  # refused before the sweep's directory
 
 
 def test_the_joblib_launcher_runs_a_sweep_in_parallel(tmp_path, data_root):

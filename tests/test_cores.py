@@ -15,7 +15,7 @@ from cnnbench.startup import Phases, process_start
 @pytest.fixture
 def registry(tmp_path, monkeypatch):
     monkeypatch.setattr(cores, "REGISTRY", tmp_path / "runs")
-    for var in ("CNNBENCH_JOBS", "LOCAL_WORLD_SIZE", "OMP_NUM_THREADS"):
+    for var in ("LOCAL_WORLD_SIZE", "OMP_NUM_THREADS"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setattr(cores, "usable_cores", lambda: 8)
     idle = SimpleNamespace(user=0.0, system=0.0)  # the test process's own load: none
@@ -28,15 +28,12 @@ def test_alone_a_run_takes_every_core(registry):
 
 
 def test_trainer_threads_wins(registry, monkeypatch):
-    monkeypatch.setenv("CNNBENCH_JOBS", "4")
-    assert cores.plan(3) == (3, "trainer.threads")
+    assert cores.plan(3, jobs=4) == (3, "trainer.threads")
 
 
 def test_launcher_jobs_share_the_cores(registry, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # what joblib and torchrun set themselves
-    monkeypatch.setenv("CNNBENCH_JOBS", "2")
-    assert cores.plan(None)[0] == 4
-    monkeypatch.delenv("CNNBENCH_JOBS")
+    assert cores.plan(None, jobs=2)[0] == 4
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "3")
     assert cores.plan(None)[0] == 2
 
@@ -120,14 +117,13 @@ def test_a_process_does_not_count_its_own_load(registry, monkeypatch):
     [
         (0, "1", 0.0, None),  # alone: OpenMP's default
         (1, "1", 0.0, "PASSIVE"),  # another cnnbench run is live
-        (0, "2", 0.0, "PASSIVE"),  # joblib's two jobs
+        (0, "2", 0.0, "PASSIVE"),  # torchrun's two processes on this machine
         (0, "1", 9.0, "PASSIVE"),  # a busy machine
     ],
 )
 def test_threads_sleep_when_the_cores_are_shared(monkeypatch, others, jobs, load, policy):
     monkeypatch.setattr(cores, "others_running", lambda paused=False: others)
-    monkeypatch.setenv("CNNBENCH_JOBS", jobs)
-    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", jobs)
     monkeypatch.setattr(os, "getloadavg", lambda: (load, 0.0, 0.0))
     monkeypatch.setattr(cores, "usable_cores", lambda: 8)
     idle = SimpleNamespace(user=0.0, system=0.0)
@@ -138,7 +134,7 @@ def test_threads_sleep_when_the_cores_are_shared(monkeypatch, others, jobs, load
 
 
 def test_wait_policy_keeps_what_the_user_set(monkeypatch):
-    monkeypatch.setenv("CNNBENCH_JOBS", "2")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
     cores.quiet_openmp()
     assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"

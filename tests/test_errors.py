@@ -31,9 +31,9 @@ CASES = [
     (
         "negative learning rate",
         "optimizer.lr=-1",
-        "optimizer.lr=-1 is not allowed: use a number > 0, e.g. optimizer.lr=0.01",
+        "optimizer.lr=-1.0 is not allowed: use a number > 0, e.g. optimizer.lr=0.01",
     ),
-    ("zero learning rate", "optimizer.lr=0", "optimizer.lr=0 is not allowed: use a number > 0"),
+    ("zero learning rate", "optimizer.lr=0", "optimizer.lr=0.0 is not allowed: use a number > 0"),
     ("learning rate of the wrong type", "optimizer.lr=fast", "optimizer.lr='fast' is not allowed"),
     (
         "momentum of 1",
@@ -93,7 +93,7 @@ CASES = [
     (
         "label smoothing of 1",
         "trainer.label_smoothing=1",
-        "trainer.label_smoothing=1 is not allowed: use a number in [0, 1)",
+        "trainer.label_smoothing=1.0 is not allowed: use a number in [0, 1)",
     ),
     (
         "unknown precision",

@@ -39,7 +39,7 @@ def test_rows_are_the_textbook_listing_and_depth_opens_blocks(capsys):
     [
         (["model=alexnet", "dataset.resize=28"], "AlexNet takes images of at least 67x67"),
         (["model=nope"], "model=nope: no such option"),
-        (["optimizer.lr=-1"], "optimizer.lr=-1 is not allowed"),
+        (["optimizer.lr=-1"], "optimizer.lr=-1.0 is not allowed"),
     ],
 )
 def test_bad_input_is_one_message_and_exit_2(capsys, args, words):

@@ -4,9 +4,9 @@ shows as run names."""
 import csv
 
 import pytest
+from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from cnnbench import cli
-from cnnbench.config import CONFIG_DIR
+from cnnbench.config import CONFIG_DIR, compose, validate
 from cnnbench.rundir import job_name
 from tests.conftest import run_cli, small_overrides
 
@@ -33,31 +33,13 @@ def test_a_named_sweep_runs_its_list_and_names_each_job_by_what_varies(tmp_path,
 
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in (CONFIG_DIR / "sweep").glob("*.yaml")))
-def test_every_option_of_a_named_sweep_is_checked_before_hydra_starts(name, monkeypatch):
-    composed = []
-    real = cli.compose
-
-    def compose(overrides, hydra_config=False):
-        composed.append(overrides)
-        return real(overrides, hydra_config)
-
-    monkeypatch.setattr(cli, "compose", compose)
-    cli.check_overrides([f"sweep={name}"], multirun=True)
-    params = real([f"sweep={name}"], hydra_config=True).hydra.sweeper.params
+def test_every_job_of_a_named_sweep_composes_and_validates(name):
+    params = compose([f"sweep={name}"], hydra_config=True).hydra.sweeper.params
+    assert params, name
     for key, values in params.items():
-        for value in str(values).split(","):
-            assert any(f"{key}={value}" in o for o in composed), (key, value)
-
-
-def test_a_value_given_on_the_command_line_replaces_the_sweep_files_list(monkeypatch):
-    composed = []
-    real = cli.compose
-    monkeypatch.setattr(
-        cli, "compose", lambda o, hydra_config=False: composed.append(o) or real(o, hydra_config)
-    )
-    cli.check_overrides(["sweep=small_models", "model=lenet,mlp"], multirun=True)
-    models = {o for overrides in composed for o in overrides if o.startswith("model=")}
-    assert models == {"model=lenet", "model=mlp"}
+        [override] = OverridesParser.create().parse_overrides([f"{key}={values}"])
+        for value in override.sweep_string_iterator():
+            validate(compose([f"sweep={name}", f"{key}={value}"]))
 
 
 def test_a_bad_value_in_a_sweep_is_refused_before_the_first_job(tmp_path):

@@ -1,0 +1,117 @@
+"""Hydra callbacks (conf/config.yaml's hydra.callbacks): what happens as a run or a sweep
+starts, before Hydra makes its directory, and as a sweep ends.
+
+A run is checked here, once its config is composed and before anything is written: a bad
+value, a device this machine lacks, a checkpoint that does not fit and a directory that holds
+a run already are refused with one line and exit code 2, and leave nothing behind.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+from pathlib import Path
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+
+from cnnbench import rundir
+from cnnbench.atomic import write_text
+from cnnbench.config import class_name, image_size, resolved, validate
+from cnnbench.errors import CheckpointError, ConfigError, fail
+from cnnbench.report import ReportError, find_runs
+from cnnbench.runs import objective
+
+
+class StartRun(Callback):
+    """Check a run, choose the directory it continues in (trainer.resume) and make it."""
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        task = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
+        try:
+            validate(task)
+            resume = task.trainer.resume
+            found = rundir.resumed_dir(resume, OmegaConf.to_container(task))
+            given = any(o.startswith("hydra.run.dir=") for o in config.hydra.overrides.hydra)
+            if found and not given:
+                with read_write(config.hydra), open_dict(config.hydra):
+                    config.hydra.run.dir = str(found)
+            check_devices_and_checkpoint(task, found if resume == "auto" else resume)
+            if resume is None and (Path(config.hydra.run.dir) / "metrics.csv").exists():
+                rundir.claim(Path(config.hydra.run.dir), restart=False)  # refuses: it is taken
+            rundir.make(config.hydra.run.dir)
+        except (ConfigError, CheckpointError) as err:
+            fail("cnnbench", err)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        plugins = [str(config.hydra[k].get("_target_", "")) for k in ("sweeper", "launcher")]
+        if rundir.launched() and (parting := [class_name(p) for p in plugins if ".Basic" not in p]):
+            # each process would draw or start jobs alone
+            fail(
+                "cnnbench",
+                "under torchrun a sweep runs its jobs one after another on all processes, with "
+                f"Hydra's basic sweeper and launcher; with {' and '.join(parting)} the processes "
+                "would each go their own way. Run it without torchrun.",
+            )
+        if "optuna" in plugins[0].lower() and not config.dataset.val_size:
+            fail(
+                "cnnbench",
+                "a hyperparameter search needs a validation split, so that it never tunes on the "
+                "test set: set dataset.val_size, e.g. dataset.val_size=10000",
+            )
+        try:
+            rundir.make(config.hydra.sweep.dir)
+        except ConfigError as err:
+            fail("cnnbench", err)
+
+
+def check_devices_and_checkpoint(cfg: DictConfig, resume: str | Path | None) -> None:
+    """What only torch can tell: whether this machine has the device, and whether the
+    checkpoint to resume fits this config (the run loads it again)."""
+    from cnnbench import checkpoint, distributed
+
+    distributed.run_device(cfg.trainer.device)
+    if resume:
+        path = checkpoint.find(resume)
+        checkpoint.load_for_resume(path, resolved(cfg), image_size(cfg))
+
+
+class WriteBestRun(Callback):
+    """At the end of a sweep, copy its best run's composed config to best_config.yaml in the
+    sweep directory, and write best_trial.yaml: the run, its objective and the command that
+    reruns it."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        # a sweep under torchrun: rank 0 writes (RANK, as this module does not import torch)
+        if os.environ.get("RANK", "0") != "0":
+            return
+        sweep_dir = Path(config.hydra.sweep.dir)
+        try:
+            runs = find_runs([sweep_dir])
+        except ReportError:
+            return
+        counts: dict[str, int] = {}
+        for r in runs:
+            status = r.results.get("status", "?")
+            counts[status] = counts.get(status, 0) + 1
+        scored = [(objective(r.results), r) for r in runs if objective(r.results) is not None]
+        summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+        print(f"sweep {sweep_dir}: {len(runs)} runs ({summary})")
+        if not scored:
+            return
+        value, best = max(scored, key=lambda pair: pair[0])
+        saved = best.path / ".hydra" / "config.yaml"
+        if not saved.is_file():
+            return
+        shutil.copyfile(saved, sweep_dir / "best_config.yaml")
+        metric = "val_acc" if best.results.get("val_acc") is not None else "test_acc"
+        command = (
+            f"python -m cnnbench --config-dir {shlex.quote(str(sweep_dir.absolute()))} "
+            "--config-name best_config"
+        )
+        write_text(
+            sweep_dir / "best_trial.yaml",
+            f"run_dir: {best.path}\nobjective: {metric}\nvalue: {value}\nrerun: {command}\n",
+        )
+        print(f"best run: {best.path} ({metric} {value:.4f}); rerun it with:\n  {command}")
