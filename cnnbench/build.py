@@ -65,14 +65,19 @@ def blame(group: str, node: DictConfig) -> Iterator[None]:
 # ---------------------------------------------------------------------------- the model
 
 
-def build_model(cfg: DictConfig, device: torch.device) -> nn.Module:
-    """Instantiate the model, run one image through it, which sizes its lazy layers, and
-    initialise its weights by `model.init`."""
-    spec, size = data.SPECS[cfg.dataset.name], image_size(cfg)
+def construct_model(cfg: DictConfig) -> nn.Module:
+    """The model's class called with its YAML file's arguments; lazy layers unsized."""
+    spec = data.SPECS[cfg.dataset.name]
     node = OmegaConf.masked_copy(cfg.model, [k for k in cfg.model if k not in MODEL_BUILD_KEYS])
     with blame("model", cfg.model):
-        model = instantiate(node, in_channels=spec.channels, num_classes=len(spec.classes))
-    model = model.to(device).eval()
+        return instantiate(node, in_channels=spec.channels, num_classes=len(spec.classes))
+
+
+def build_model(cfg: DictConfig, device: torch.device) -> nn.Module:
+    """Construct the model, run one image through it, which sizes its lazy layers, and
+    initialise its weights by `model.init`."""
+    spec, size = data.SPECS[cfg.dataset.name], image_size(cfg)
+    model = construct_model(cfg).to(device).eval()
     with torch.no_grad():
         out = model(torch.zeros(1, spec.channels, size, size, device=device))
     if out.shape != (1, len(spec.classes)):
@@ -307,8 +312,6 @@ def tune_backend(
     torch.set_float32_matmul_precision(matmul_precision)
     # else the fastest convolution algorithms for these fixed shapes, measured once
     torch.backends.cudnn.benchmark = device.type == "cuda" and not deterministic
-    if device.type != "cuda":
-        keep_freed_memory()
     return count, why
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import difflib
 import os
 from dataclasses import fields, is_dataclass
+from datetime import datetime
 from pathlib import Path
 
 from hydra import compose as hydra_compose
@@ -39,11 +40,12 @@ GROUPS = tuple(schema.SCHEMAS)
 MODEL_BUILD_KEYS = tuple(f.name for f in fields(schema.ModelConfig) if f.name != "_target_")
 
 
-def setup() -> None:
+def setup(started: datetime | None = None) -> None:
     """What composing conf/config.yaml needs besides the YAML files: the schemas its groups
-    extend and the resolvers it calls. Idempotent; compose() and the command line call it."""
+    extend and the resolvers it calls, which name the run by `started` (default: now).
+    compose() and the command line call it."""
     schema.register(ConfigStore.instance())
-    rundir.register_resolvers()
+    rundir.register_resolvers(started)
 
 
 # ---------------------------------------------------------------------------- composing

@@ -18,25 +18,21 @@ from typing import TypeVar
 import torch
 import torch.distributed as dist
 
-from cnnbench import rundir
 from cnnbench.errors import ConfigError
-from cnnbench.rundir import launched
 from cnnbench.seeding import rank_seed
 
 T = TypeVar("T")
 
 
-def init() -> None:
+def init() -> datetime:
     """Join the other processes and agree on the run's start time (it names the run directory,
-    which all of them share)."""
-    if not launched() or dist.is_initialized():
-        return
+    which all of them share): rank 0's, returned."""
     # CPU tensors (and the objects below) go over gloo, CUDA tensors over NCCL, which sets up
     # its connections only when a CUDA tensor is first reduced
     dist.init_process_group("cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo")
     now = [datetime.now()]
     dist.broadcast_object_list(now, src=0)
-    rundir.started = now[0]
+    return now[0]
 
 
 def close(together: bool = False) -> None:

@@ -19,19 +19,11 @@ from omegaconf import OmegaConf
 from cnnbench.errors import ConfigError
 from cnnbench.runs import NOT_IDENTITY, newest_matching_run
 
-# the moment the run started; a torchrun run sets it to rank 0's, so that every process
-# names the same directory (distributed.init)
-started: datetime | None = None
-
 
 def launched() -> bool:
     """Started by torchrun (its agent sets TORCHELASTIC_RUN_ID), with any number of processes,
     or by another launcher with WORLD_SIZE > 1. From the environment: no torch import."""
     return "TORCHELASTIC_RUN_ID" in os.environ or int(os.environ.get("WORLD_SIZE", "1")) > 1
-
-
-def now(pattern: str) -> str:
-    return (started or datetime.now()).strftime(pattern)
 
 
 def sweep_name(argv: list[str] | None = None) -> str:
@@ -148,14 +140,16 @@ def resumed_dir(resume: str | None, cfg: dict) -> Path | None:
     return path if path.is_dir() else None  # no such path: checkpoint.find names the problem
 
 
-def register_resolvers() -> None:
+def register_resolvers(started: datetime | None = None) -> None:
     """The `cnnbench.*` resolvers conf/config.yaml names its directories with. Each computes
-    a name from its arguments, the command line and the clock; none touches a file."""
+    a name from its arguments, the command line and `started` (the run's start: under
+    torchrun rank 0's, so that every process names the same directory); none touches a file."""
+    started = started or datetime.now()
 
     def resolver(name: str, fn, **kwargs) -> None:
         OmegaConf.register_new_resolver(f"cnnbench.{name}", fn, replace=True, **kwargs)
 
-    resolver("now", now, use_cache=True)
+    resolver("now", started.strftime, use_cache=True)
     resolver("unclaimed", unclaimed, use_cache=True)  # resolved once: claiming it changes it
     resolver("command_line", command_line, use_cache=True)
     resolver("sweep_name", lambda args: sweep_name(shlex.split(args)), use_cache=True)

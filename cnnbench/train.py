@@ -33,6 +33,7 @@ from cnnbench.build import (
     build_scheduler,
     describe,
     forward_flops,
+    keep_freed_memory,
     precision_for,
     tune_backend,
 )
@@ -69,6 +70,8 @@ def train(
     t = cfg.trainer
     device = distributed.run_device(t.device)
     threads = tune_backend(device, t.deterministic, t.matmul_precision, t.threads, jobs)
+    if device.type != "cuda":
+        keep_freed_memory()  # for this process, as a launcher's allocator setting would
     config, spec, size = resolved(cfg), data.SPECS[cfg.dataset.name], image_size(cfg)
     ckpt = checkpoint.load_for_resume(resume, config, size) if resume else None
     restarted = not ckpt and distributed.main_first(lambda: claim(out_dir, restart), others=False)

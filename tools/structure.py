@@ -18,6 +18,8 @@ LONG = 60  # lines: the functions past this are listed, to read again
 # the command line and what it needs before training starts; the report reads files only
 TORCH_FREE = {
     "cnnbench.cli",
+    "cnnbench.hooks",
+    "cnnbench.ending",
     "cnnbench.config",
     "cnnbench.schema",
     "cnnbench.rundir",
