@@ -28,6 +28,7 @@ from cnnbench.tta import with_tta
 
 # trainer.precision -> the dtype autocast computes in (None: no autocast); auto is resolved
 # by the device (precision_for)
+# trainer.precision (schema.PRECISIONS names them, with auto), by autocast's dtype
 PRECISIONS = {"32": None, "bf16": torch.bfloat16, "16-mixed": torch.float16}
 
 
@@ -89,16 +90,20 @@ def build_model(cfg: DictConfig, device: torch.device) -> nn.Module:
     return model
 
 
+# model.init's schemes (schema.INITS names them), by the draw each makes
+INIT_SCHEMES = {
+    "xavier": nn.init.xavier_uniform_,
+    "kaiming": lambda w: nn.init.kaiming_normal_(w, nonlinearity="relu"),
+}
+
+
 def init_weights(model: nn.Module, scheme: str) -> None:
     """Re-draw the weights of every conv and fc layer; biases and batch norm keep PyTorch's
     values. xavier is d2l's `train_ch6` (Xavier-uniform); kaiming is He-normal for ReLU
     networks (fan-in). default keeps PyTorch's own initialisation and draws nothing."""
     if scheme == "default":
         return
-    draw = {
-        "xavier": nn.init.xavier_uniform_,
-        "kaiming": lambda w: nn.init.kaiming_normal_(w, nonlinearity="relu"),
-    }[scheme]
+    draw = INIT_SCHEMES[scheme]
     for module in model.modules():
         # lazy layers are materialised by now and have become nn.Linear / nn.Conv2d
         if isinstance(module, (nn.Conv2d, nn.Linear)):

@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 
 from cnnbench.errors import ConfigError
+from cnnbench.schema import DEVICES
 from cnnbench.seeding import rank_seed
 
 T = TypeVar("T")
@@ -137,7 +138,7 @@ def resolve_device(name: str) -> torch.device:
         device = torch.device(name)
     except (RuntimeError, TypeError):
         raise ConfigError(
-            f"trainer.device={name}: not a device name. Allowed: auto, cpu, cuda, cuda:N, mps. "
+            f"trainer.device={name}: not a device name. Allowed: {DEVICES}. "
             "Example: trainer.device=cpu"
         ) from None
     available = {

@@ -2,8 +2,9 @@
 starts, before Hydra makes its directory, and as a sweep ends.
 
 A run is checked here, once its config is composed and before anything is written: a bad
-value, a device this machine lacks, a checkpoint that does not fit and a directory that holds
-a run already are refused with one line and exit code 2, and leave nothing behind.
+value, a device this machine lacks, a checkpoint that does not fit, data that cannot be read,
+arguments the model's, optimizer's or schedule's class refuses, and a directory that holds a
+run already are refused with one line and exit code 2, and leave nothing behind.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from cnnbench import rundir
 from cnnbench.atomic import write_text
-from cnnbench.config import class_name, image_size, resolved, validate
-from cnnbench.errors import CheckpointError, ConfigError, fail
+from cnnbench.config import class_name, validate
+from cnnbench.errors import USER_ERRORS, ConfigError, fail
 from cnnbench.report import ReportError, find_runs
 from cnnbench.runs import objective
 
@@ -37,11 +38,15 @@ class StartRun(Callback):
             if found and not given:
                 with read_write(config.hydra), open_dict(config.hydra):
                     config.hydra.run.dir = str(found)
-            check_devices_and_checkpoint(task, found if resume == "auto" else resume)
-            if resume is None and (Path(config.hydra.run.dir) / "metrics.csv").exists():
+            from cnnbench.train import preflight  # torch, once the values are known good
+
+            preflight(task, found if resume == "auto" else resume)
+            # under torchrun rank 0 claims the directory, perhaps before another rank gets here
+            taken = (Path(config.hydra.run.dir) / "metrics.csv").exists() and rundir.rank_zero()
+            if resume is None and taken:
                 rundir.claim(Path(config.hydra.run.dir), restart=False)  # refuses: it is taken
             rundir.make(config.hydra.run.dir)
-        except (ConfigError, CheckpointError) as err:
+        except USER_ERRORS as err:
             fail("cnnbench", err)
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
@@ -64,17 +69,6 @@ class StartRun(Callback):
             rundir.make(config.hydra.sweep.dir)
         except ConfigError as err:
             fail("cnnbench", err)
-
-
-def check_devices_and_checkpoint(cfg: DictConfig, resume: str | Path | None) -> None:
-    """What only torch can tell: whether this machine has the device, and whether the
-    checkpoint to resume fits this config (the run loads it again)."""
-    from cnnbench import checkpoint, distributed
-
-    distributed.run_device(cfg.trainer.device)
-    if resume:
-        path = checkpoint.find(resume)
-        checkpoint.load_for_resume(path, resolved(cfg), image_size(cfg))
 
 
 class WriteBestRun(Callback):

@@ -31,9 +31,11 @@ from cnnbench.build import (
     build_model,
     build_optimizer,
     build_scheduler,
+    construct_model,
     describe,
     forward_flops,
     keep_freed_memory,
+    load_splits,
     precision_for,
     tune_backend,
 )
@@ -114,6 +116,21 @@ def train(
             step=runner.name,
         )
         return log.results(state, status, diverged_at, figures, facts)
+
+
+def preflight(cfg: DictConfig, resume: str | Path | None) -> None:
+    """What train() would refuse before it trains, checked without training: the values, the
+    device, the checkpoint to resume, the data, and the arguments of the model's, optimizer's
+    and schedule's classes. hooks.StartRun calls it before Hydra makes the run's directory;
+    the data it reads is cached for the run."""
+    validate(cfg)
+    distributed.run_device(cfg.trainer.device)
+    if resume:
+        checkpoint.load_for_resume(checkpoint.find(resume), resolved(cfg), image_size(cfg))
+    load_splits(cfg)
+    with torch.device("meta"):  # the constructors' checks, without allocating the weights
+        model = construct_model(cfg)
+    build_scheduler(cfg, build_optimizer(cfg, model), total_steps=1)
 
 
 def finish_epoch(

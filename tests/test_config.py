@@ -6,7 +6,8 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from cnnbench.build import blame, run_length_args
+from cnnbench import schema
+from cnnbench.build import INIT_SCHEMES, PRECISIONS, blame, run_length_args
 from cnnbench.config import (
     CONFIG_DIR,
     ConfigError,
@@ -249,3 +250,8 @@ def test_every_experiment_composes_validates_and_cites_its_source(make_cfg, name
     assert f"# Run with: python -m cnnbench experiment={name}\n" in text
     # a textbook recipe cites its figure; cnnbench's own (fast_*) states its target
     assert re.search(r"Reported: [\d.]+%|No accuracy reported|report no accuracy|Target: >=", text)
+
+
+def test_the_names_a_schema_allows_are_the_names_the_code_implements():
+    assert set(PRECISIONS) | {"auto"} == set(schema.PRECISIONS)
+    assert set(INIT_SCHEMES) | {"default"} == set(schema.INITS)

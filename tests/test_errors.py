@@ -1,5 +1,5 @@
 """Every bad input tried through the command line (cli.main, in this process): exit code 2
-and one `cnnbench: error:` message, no traceback. docs/errors.md is this table with the messages as a user sees them; the test fails
+and one `cnnbench: error:` message, no traceback, no run directory left behind. docs/errors.md is this table with the messages as a user sees them; the test fails
 when they drift apart. Rewrite the doc after changing a message:
 
     python -m tests.test_errors > docs/errors.md
@@ -247,8 +247,11 @@ def table(tmp: Path, outcomes: list[tuple[int, str]]) -> str:
 def test_every_bad_input_gets_one_message_and_docs_errors_md_shows_it(tmp_path):
     make_fixtures(tmp_path)
     outcomes = run_cases(tmp_path)
-    for (what, _args, says), (code, message) in zip(CASES, outcomes, strict=True):
+    for number, (what, _args, says) in enumerate(CASES):
+        code, message = outcomes[number]
         assert code == 2, (what, message)
+        # refused before Hydra made a run directory: the case's folder is as empty as it was
+        assert not any((tmp_path / "cases" / str(number)).iterdir()), what
         assert message.startswith(f"cnnbench: error: {says}"), (what, message)
         assert "Traceback" not in message and "HYDRA_FULL_ERROR" not in message, what
         assert "Config search path" not in message, what
