@@ -22,7 +22,7 @@ from cnnbench.atomic import write_text
 from cnnbench.config import class_name, validate
 from cnnbench.errors import USER_ERRORS, ConfigError, fail
 from cnnbench.report import ReportError, find_runs
-from cnnbench.runs import objective
+from cnnbench.runs import objective, objective_name
 
 
 class StartRun(Callback):
@@ -99,7 +99,7 @@ class WriteBestRun(Callback):
         if not saved.is_file():
             return
         shutil.copyfile(saved, sweep_dir / "best_config.yaml")
-        metric = "val_acc" if best.results.get("val_acc") is not None else "test_acc"
+        metric = objective_name(best.results)
         command = (
             f"python -m cnnbench --config-dir {shlex.quote(str(sweep_dir.absolute()))} "
             "--config-name best_config"

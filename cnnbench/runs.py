@@ -84,7 +84,12 @@ def objective(results: dict) -> float | None:
     else test accuracy; None for a run that did not finish."""
     if results.get("status") != "ok":
         return None
-    return results["val_acc"] if results.get("val_acc") is not None else results.get("test_acc")
+    return results.get(objective_name(results))
+
+
+def objective_name(results: dict) -> str:
+    """val_acc where the run held out a validation split, else test_acc."""
+    return "val_acc" if results.get("val_acc") is not None else "test_acc"
 
 
 # ---------------------------------------------------------------------------- confusions
