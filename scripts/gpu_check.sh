@@ -21,7 +21,8 @@
 # scripts/gpu_deps.sh installs them into .gpu_deps/, never into the machine's own Python.
 # The check runs the device tests, `cnnbench.bench --quick`, the bench's LeNet-5 and ResNet-18
 # rows (engine, plain step, bare loop, bf16), LeNet-5 with the captured step against the plain
-# one, fast_mnist over 5 seeds, and two epochs of fashion/resnet in float32 and bf16, then
+# one, fast_mnist over 5 seeds, two epochs of fashion/resnet in float32 and bf16, and N
+# models' step one after another against the same N packed (tools/packed_step.py), then
 # prints one table (tools/gpu_summary.py; WORK_DIR/summary.json). Without CUDA it runs the
 # CPU cases of the device tests, says so, and exits 0; it exits 1 when a step failed.
 set -uo pipefail
@@ -70,6 +71,8 @@ if [ "$cuda" = 1 ]; then
     step "fashion/resnet, 2 epochs" python -m cnnbench -m experiment=fashion/resnet \
         trainer.epochs=2 trainer.precision=32,bf16 trainer.channels_last=true "${on[@]}" \
         hydra.sweep.dir="$work/fashion_resnet"
+    # issue 30: N models' step one after another against the same N packed (packed.py)
+    step "packed step" bash -c "python tools/packed_step.py --device cuda | tee '$work/packed_step.txt'"
 else
     printf 'CUDA\tnot available here: the CUDA cases were skipped\n' >>"$work/steps.txt"
 fi
