@@ -4,7 +4,7 @@ ratio, side by side in one process, on the given device. The figure that decides
 packing pays (issue 30: on a GPU; not on this 2-core CPU).
 
     python tools/packed_step.py                      # the device trainer.device=auto picks
-    python tools/packed_step.py --device cpu --models lenet5:8 resnet_mini:4
+    python tools/packed_step.py --device cpu --threads 1 --models lenet5:8 resnet_mini:4
 """
 
 from __future__ import annotations
@@ -71,9 +71,15 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["lenet5:16", "lenet:16", "resnet_mini:8"])
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--threads", type=int, help="intra-op CPU threads (torch's default)")
     args = parser.parse_args()
     device = resolve_device(args.device)
-    print(f"one training step of N models, batch {args.batch} each, {device}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(
+        f"one training step of N models, batch {args.batch} each, {device}, "
+        f"{torch.get_num_threads()} CPU threads"
+    )
     print(f"{'model':<14} {'N':>3} {'one after another':>18} {'packed':>10} {'ratio':>6}")
     for spec in args.models:
         model, _, n = spec.partition(":")
