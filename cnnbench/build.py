@@ -204,11 +204,15 @@ def build_loaders(cfg: DictConfig, device: torch.device) -> Loaders:
         test=device_loader(cfg, test_set, device),
         val=device_loader(cfg, val_set, device) if val_set is not None else None,
     )
-    train = loaders.train
+    check_batches(cfg, loaders.train)
+    return loaders
+
+
+def check_batches(cfg: DictConfig, train: data.DeviceLoader) -> None:
+    """Under torchrun, every batch of the epoch must leave each process an image."""
     distributed.check_global_batch(
         cfg.dataset.batch_size, train.num_samples, train.batch_len(len(train) - 1)
     )
-    return loaders
 
 
 # ---------------------------------------------------------------------------- optimization

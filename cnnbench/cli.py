@@ -68,23 +68,31 @@ def check_overrides(args: list[str]) -> None:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except HydraException as err:
         fail("cnnbench", f"{err}".splitlines()[0] + " (overrides are key=value, e.g. model=mlp)")
+    # an interval or glob() is the sweeper's to draw or expand: left to it
+    parsed = [o for o in parsed if not o.is_sweep_override() or _listed(o)]
     first = [
-        f"{o.get_key_element()}={next(o.sweep_string_iterator())}"
-        if o.is_sweep_override()
-        else o.input_line
+        f"{o.get_key_element()}={_listed(o)[0]}" if o.is_sweep_override() else o.input_line
         for o in parsed
     ]
     others = [
         [*first[:i], f"{o.get_key_element()}={value}", *first[i + 1 :]]
         for i, o in enumerate(parsed)
         if o.is_sweep_override()
-        for value in list(o.sweep_string_iterator())[1:]
+        for value in _listed(o)[1:]
     ]
     try:
         for overrides in [first, *others]:
             config.compose(overrides)
     except ConfigError as err:
         fail("cnnbench", err)
+
+
+def _listed(override) -> list[str]:
+    """The values of a choice or range sweep; none for an interval or glob()."""
+    try:
+        return list(override.sweep_string_iterator())
+    except HydraException:
+        return []
 
 
 # ---------------------------------------------------------------------------- the run

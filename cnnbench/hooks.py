@@ -32,20 +32,17 @@ class StartRun(Callback):
         task = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
         try:
             validate(task)
-            resume = task.trainer.resume
-            found = rundir.resumed_dir(resume, OmegaConf.to_container(task))
-            given = any(o.startswith("hydra.run.dir=") for o in config.hydra.overrides.hydra)
-            if found and not given:
-                with read_write(config.hydra), open_dict(config.hydra):
-                    config.hydra.run.dir = str(found)
+            resume = continued(config, task)
+            from cnnbench import distributed
             from cnnbench.train import preflight  # torch, once the values are known good
 
-            preflight(task, found if resume == "auto" else resume)
-            # under torchrun rank 0 claims the directory, perhaps before another rank gets here
-            taken = (Path(config.hydra.run.dir) / "metrics.csv").exists() and rundir.rank_zero()
-            if resume is None and taken:
-                rundir.claim(Path(config.hydra.run.dir), restart=False)  # refuses: it is taken
-            rundir.make(config.hydra.run.dir)
+            checkpoint = preflight(task, resume)
+            run_dir = Path(config.hydra.run.dir)
+            own = checkpoint is not None and checkpoint.parent.resolve() == run_dir.resolve()
+            # every torchrun process agrees, before rank 0 claims the directory
+            if distributed.anyone((run_dir / "metrics.csv").exists() and not own):
+                rundir.claim(run_dir, restart=False)  # refuses: another run's directory
+            rundir.make(str(run_dir))
         except USER_ERRORS as err:
             fail("cnnbench", err)
 
@@ -69,6 +66,24 @@ class StartRun(Callback):
             rundir.make(config.hydra.sweep.dir)
         except ConfigError as err:
             fail("cnnbench", err)
+
+
+def continued(config: DictConfig, task: DictConfig) -> str | Path | None:
+    """What trainer.resume continues, as cli.run will: a checkpoint or run directory, or None
+    for a new run. Without a hydra.run.dir on the command line, the run goes on in the resumed
+    run's directory (auto: the newest run under outputs/ with this config)."""
+    resume = task.trainer.resume
+    if resume is None:
+        return None
+    given = any(o.startswith("hydra.run.dir=") for o in config.hydra.overrides.hydra)
+    if resume == "auto" and given:  # the given directory's own run, if it holds one
+        last = Path(config.hydra.run.dir) / "last.pt"
+        return last if last.is_file() else None
+    found = rundir.resumed_dir(resume, OmegaConf.to_container(task))
+    if found and not given:
+        with read_write(config.hydra), open_dict(config.hydra):
+            config.hydra.run.dir = str(found)
+    return found if resume == "auto" else resume
 
 
 class WriteBestRun(Callback):

@@ -31,8 +31,10 @@ from cnnbench.build import (
     build_model,
     build_optimizer,
     build_scheduler,
+    check_batches,
     construct_model,
     describe,
+    device_loader,
     forward_flops,
     keep_freed_memory,
     load_splits,
@@ -118,19 +120,23 @@ def train(
         return log.results(state, status, diverged_at, figures, facts)
 
 
-def preflight(cfg: DictConfig, resume: str | Path | None) -> None:
+def preflight(cfg: DictConfig, resume: str | Path | None) -> Path | None:
     """What train() would refuse before it trains, checked without training: the values, the
-    device, the checkpoint to resume, the data, and the arguments of the model's, optimizer's
-    and schedule's classes. hooks.StartRun calls it before Hydra makes the run's directory;
-    the data it reads is cached for the run."""
+    device, the checkpoint to resume (a file or run directory; returned as the file), the data
+    and its batches, and the arguments of the model's, optimizer's and schedule's classes.
+    hooks.StartRun calls it before Hydra makes the run's directory; the data it reads is cached
+    for the run."""
     validate(cfg)
     distributed.run_device(cfg.trainer.device)
-    if resume:
-        checkpoint.load_for_resume(checkpoint.find(resume), resolved(cfg), image_size(cfg))
-    load_splits(cfg)
+    path = checkpoint.find(resume) if resume else None
+    if path:
+        checkpoint.load_for_resume(path, resolved(cfg), image_size(cfg))
+    train_set, _, _ = load_splits(cfg)
+    check_batches(cfg, device_loader(cfg, train_set, torch.device("cpu"), train=True))
     with torch.device("meta"):  # the constructors' checks, without allocating the weights
         model = construct_model(cfg)
     build_scheduler(cfg, build_optimizer(cfg, model), total_steps=1)
+    return path
 
 
 def finish_epoch(

@@ -376,3 +376,28 @@ def test_one_process_under_torchrun_joins_a_group_of_one(data_root, tmp_path, de
     assert f"data parallel over 1 process ({backend})" in (run_dir / "train.log").read_text()
     got = results(run_dir)
     assert got["status"] == "ok" and got["world_size"] == 1 and got["device"].startswith(device)
+
+
+@pytest.mark.slow
+def test_a_taken_directory_is_refused_once_and_no_process_fails_otherwise(runs, data_root):
+    """Every process agrees the directory holds a run before rank 0 could claim it: one
+    message, no process runs into the others' exit."""
+    one, _, _, _ = runs
+    args = [*small_overrides(data_root, one.parent / "cache"), *RUN]
+    proc = torchrun(*args, f"hydra.run.dir={one}", cwd=one.parent)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode != 0
+    assert err.count("cnnbench: error: ") == 1 and f"{one} already holds a run" in err, err
+    assert "Error executing job" not in err and "RuntimeError" not in err, err
+
+
+@pytest.mark.slow
+def test_a_batch_that_leaves_a_process_no_image_is_refused_before_the_directory(
+    tmp_path, data_root
+):
+    args = [*small_overrides(data_root, tmp_path / "cache"), *RUN, "dataset.batch_size=1"]
+    proc = torchrun(*args, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode != 0 and err.count("cnnbench: error: ") == 1, err
+    assert "dataset.batch_size=1: each batch is shared by the 2 processes" in err, err
+    assert not (tmp_path / "run").exists()

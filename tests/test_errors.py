@@ -246,7 +246,10 @@ def table(tmp: Path, outcomes: list[tuple[int, str]]) -> str:
 @pytest.mark.slow
 def test_every_bad_input_gets_one_message_and_docs_errors_md_shows_it(tmp_path):
     make_fixtures(tmp_path)
+    run = tmp_path / "mlp-run"  # the run two cases point at: left as it was, .hydra/ included
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
     outcomes = run_cases(tmp_path)
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
     for number, (what, _args, says) in enumerate(CASES):
         code, message = outcomes[number]
         assert code == 2, (what, message)

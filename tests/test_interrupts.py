@@ -192,3 +192,24 @@ def test_resume_auto_finds_the_run_with_the_same_config(tmp_path, data_root):
     again = run_cli(*args, cwd=tmp_path)
     assert again.returncode == 0 and "already finished" in again.stdout
     assert sorted(p for p in (tmp_path / "outputs").glob("*/*") if p.is_dir()) == runs
+
+
+def test_resume_into_another_runs_directory_is_refused_before_anything_is_written(
+    tmp_path, data_root
+):
+    """trainer.resume=auto with a hydra.run.dir that holds a run of other settings, and a
+    checkpoint resumed into a directory that holds another run: exit 2, and that run's files
+    (its .hydra/ config included) are left as they were."""
+    args = [*small_overrides(data_root, tmp_path / "cache"), "model=mlp", "trainer.epochs=1"]
+    there = tmp_path / "there"
+    assert (
+        run_cli(*args, "optimizer.lr=0.01", f"hydra.run.dir={there}", cwd=tmp_path).returncode == 0
+    )
+    before = {p: p.read_bytes() for p in there.rglob("*") if p.is_file()}
+    auto = run_cli(*args, "trainer.resume=auto", f"hydra.run.dir={there}", cwd=tmp_path)
+    assert auto.returncode == 2 and "other settings" in auto.stderr, auto.stderr
+    other = tmp_path / "other"
+    assert run_cli(*args, f"hydra.run.dir={other}", cwd=tmp_path).returncode == 0
+    into = run_cli(*args, f"trainer.resume={other}", f"hydra.run.dir={there}", cwd=tmp_path)
+    assert into.returncode == 2 and f"{there} already holds a run" in into.stderr, into.stderr
+    assert {p: p.read_bytes() for p in there.rglob("*") if p.is_file()} == before

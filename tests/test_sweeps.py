@@ -6,6 +6,7 @@ import csv
 import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
+from cnnbench.cli import check_overrides
 from cnnbench.config import CONFIG_DIR, compose, validate
 from cnnbench.rundir import job_name
 from tests.conftest import run_cli, small_overrides
@@ -59,3 +60,9 @@ def test_job_names_keep_what_varies():
     assert job_name(2, "-m", task) == "2_optimizer.lr=0.1,optimizer=sgd"
     assert job_name(1, "model=mlp", ["model=mlp"]) == "1"
     assert job_name(3, "", ["experiment=fashion/lenet"]) == "3_experiment=fashion_lenet"
+
+
+def test_an_interval_or_glob_is_left_to_the_sweeper_and_the_rest_is_checked(tmp_path):
+    check_overrides(["-m", "optimizer.lr=interval(0.001,0.1)", "model=glob(le*)"])  # no error
+    ran = run_cli("-m", "optimizer.lr=interval(0.001,0.1)", "model=resnt", cwd=tmp_path)
+    assert ran.returncode == 2 and "model=resnt: no such option" in ran.stderr
