@@ -100,7 +100,9 @@ def _listed(override) -> list[str]:
 
 def run_task(cfg: DictConfig, startup: Phases) -> float:
     """One run (or one job of a sweep). Returns what a sweeper maximises."""
-    startup.mark("hydra")  # Hydra's compose, its run directory and logging
+    # Hydra's compose, hooks.StartRun's checks (they import torch and read the data), the run
+    # directory and logging
+    startup.mark("hydra")
     hydra_cfg = HydraConfig.get()
     out_dir = Path(hydra_cfg.runtime.output_dir)
     sweep = hydra_cfg.mode == RunMode.MULTIRUN
@@ -128,9 +130,9 @@ def run_task(cfg: DictConfig, startup: Phases) -> float:
 def run(cfg: DictConfig, out_dir: Path, sweep: bool, startup: Phases, jobs: int) -> dict:
     """Train, resume or, for a run that has finished, report it."""
     from cnnbench import checkpoint
-    from cnnbench.train import train  # torch is imported here, where training starts
+    from cnnbench.train import train
 
-    startup.mark("import_torch")
+    startup.mark("import_train")
     resume = None
     if cfg.trainer.resume not in (None, "auto"):
         resume = checkpoint.find(cfg.trainer.resume)
