@@ -16,6 +16,7 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override
 from hydra.errors import HydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig
@@ -87,7 +88,7 @@ def check_overrides(args: list[str]) -> None:
         fail("cnnbench", err)
 
 
-def _listed(override) -> list[str]:
+def _listed(override: Override) -> list[str]:
     """The values of a choice or range sweep; none for an interval or glob()."""
     try:
         return list(override.sweep_string_iterator())
