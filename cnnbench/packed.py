@@ -97,25 +97,29 @@ class PackedStep:
     `optimizers[i]` updates member i; `label_smoothing` as trainer.label_smoothing."""
 
     def __init__(
-        self, pack: Pack, optimizers: Sequence[torch.optim.Optimizer], label_smoothing: float = 0
+        self,
+        pack: Pack,
+        optimizers: Sequence[torch.optim.Optimizer],
+        label_smoothing: Sequence[float] | None = None,
     ):
         self.pack = pack
         self.optimizers = list(optimizers)
-        self.label_smoothing = label_smoothing
+        self.label_smoothing = list(label_smoothing or [0.0] * len(pack))
         self.diverged: list[int | None] = [None] * len(pack)  # the step each member diverged at
         self.steps = 0
+        self.logits = torch.empty(0)  # the last step's, (members, batch, classes)
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """(members, batch, ...) images and (members, batch) labels; returns each member's
         mean loss of this batch (members, ), as its solo step computes it."""
         logits = self.pack(images)
-        losses = nn.functional.cross_entropy(
-            logits.flatten(0, 1),
-            labels.flatten(),
-            reduction="none",
-            label_smoothing=self.label_smoothing,
+        losses = torch.stack(
+            [
+                nn.functional.cross_entropy(logits[i], labels[i], label_smoothing=smoothing)
+                for i, smoothing in enumerate(self.label_smoothing)
+            ]
         )
-        losses = losses.view(labels.shape).mean(1)
+        self.logits = logits.detach()
         self.steps += 1
         finite = torch.isfinite(losses.detach()).tolist()
         for i, ok in enumerate(finite):

@@ -159,7 +159,7 @@ class TrainState:
                 "in_channels": p.in_channels,
                 "num_classes": p.num_classes,
                 "image_size": p.image_size,
-                "model": p.model.state_dict(),
+                "model": own_storage(p.model.state_dict()),
                 "optimizer": p.optimizer.state_dict(),
                 "scheduler": p.scheduler.state_dict(),
                 "scaler": p.scaler.state_dict(),
@@ -220,3 +220,12 @@ class TrainState:
         ):
             mine.copy_(sums[k])
         self.seen = sums["seen"]
+
+
+def own_storage(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The tensors, each on a storage of its own: a packed member's are views of a stack of
+    every member's (packed.Pack), whose whole storage torch.save would write."""
+    return {
+        k: v.clone() if v.untyped_storage().nbytes() != v.numel() * v.element_size() else v
+        for k, v in tensors.items()
+    }

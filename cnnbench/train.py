@@ -70,24 +70,18 @@ def train(
     `jobs`: the runs a launcher (joblib) started beside this one, which share the cores."""
     start = time.perf_counter()
     phases = startup or Phases(since=time.time())
-    validate(cfg)
     t = cfg.trainer
-    device = distributed.run_device(t.device)
-    threads = tune_backend(device, t.deterministic, t.matmul_precision, t.threads, jobs)
-    if device.type != "cuda":
-        keep_freed_memory()  # for this process, as a launcher's allocator setting would
-    config, spec, size = resolved(cfg), data.SPECS[cfg.dataset.name], image_size(cfg)
-    ckpt = checkpoint.load_for_resume(resume, config, size) if resume else None
-    restarted = not ckpt and distributed.main_first(lambda: claim(out_dir, restart), others=False)
-    log = RunLog(out_dir, config, phases)
-    phases.mark("setup")  # validation, the device and its threads, the run directory
+    opened = open_run(cfg, out_dir, resume, restart, phases, jobs)
+    device, log, ckpt = opened.device, opened.log, opened.ckpt
     with log.records_failure():
-        state, engine, loaders, runner, flops = build_run(cfg, device, config, start, log, phases)
+        state, engine, loaders, runner, flops = build_run(
+            cfg, device, opened.config, start, log, phases
+        )
         if ckpt:
             state.restore(ckpt, resume)
         distributed.seed_rank(cfg.trainer.seed, state.step)
-        log.open(state, resumed=bool(ckpt), restarted=restarted, num_classes=len(spec.classes))
-        announce(log, cfg, state, loaders, device, threads, resume if ckpt else None, runner)
+        log.open(state, resumed=bool(ckpt), restarted=opened.restarted, num_classes=opened.classes)
+        announce(log, cfg, state, loaders, device, opened.threads, resume if ckpt else None, runner)
 
         epochs, figures = t.epochs, last_figures(state, engine, loaders, log)
         status, diverged_at, lr = "ok", None, state.parts.optimizer.param_groups[0]["lr"]
@@ -113,11 +107,44 @@ def train(
             flops_per_image=flops,
             device=str(device),
             resumed=bool(ckpt),
-            threads=threads[0],
+            threads=opened.threads[0],
             precision=precision_for(t.precision, device),
             step=runner.name,
         )
         return log.results(state, status, diverged_at, figures, facts)
+
+
+@dataclass
+class Opened:
+    """A run's start, before anything is built: its device and threads, the checkpoint it
+    resumes, whether it took over a directory a run left without one, and its RunLog."""
+
+    device: torch.device
+    threads: tuple[int, str]
+    config: dict
+    ckpt: dict | None
+    restarted: bool
+    classes: int
+    log: RunLog
+
+
+def open_run(
+    cfg: DictConfig, out_dir: Path, resume: Path | None, restart: bool, phases: Phases, jobs: int
+) -> Opened:
+    """Check the config, choose the device and its threads, load and check the checkpoint to
+    resume, and claim the run directory."""
+    validate(cfg)
+    t = cfg.trainer
+    device = distributed.run_device(t.device)
+    threads = tune_backend(device, t.deterministic, t.matmul_precision, t.threads, jobs)
+    if device.type != "cuda":
+        keep_freed_memory()  # for this process, as a launcher's allocator setting would
+    config, spec, size = resolved(cfg), data.SPECS[cfg.dataset.name], image_size(cfg)
+    ckpt = checkpoint.load_for_resume(resume, config, size) if resume else None
+    restarted = not ckpt and distributed.main_first(lambda: claim(out_dir, restart), others=False)
+    log = RunLog(out_dir, config, phases)
+    phases.mark("setup")  # validation, the device and its threads, the run directory
+    return Opened(device, threads, config, ckpt, bool(restarted), len(spec.classes), log)
 
 
 def preflight(cfg: DictConfig, resume: str | Path | None) -> Path | None:
