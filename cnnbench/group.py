@@ -12,6 +12,7 @@ recorded as diverged and stops; the others go on.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import time
 from dataclasses import dataclass
@@ -23,10 +24,32 @@ from omegaconf import DictConfig
 from cnnbench.build import Engine, Loaders, precision_for
 from cnnbench.packed import Pack, PackedStep
 from cnnbench.records import Figures, RunFacts
+from cnnbench.runs import NOT_IDENTITY, flatten
 from cnnbench.signals import StopSignals
 from cnnbench.startup import Phases
 from cnnbench.state import TrainState
 from cnnbench.train import Opened, announce, build_run, finish_epoch, last_figures, open_run
+
+# what may differ between the members of a group: the rest of the config must be equal
+PER_MEMBER = ("optimizer.", "scheduler.", "trainer.seed", "model.init", "trainer.label_smoothing")
+PER_MEMBER += ("dataset.translate", "dataset.flip", *NOT_IDENTITY)
+SHARED = ("optimizer._target_", "scheduler._target_")  # one optimizer and schedule class
+
+
+def groups(configs: list[dict], max_members: int | None = None) -> list[list[int]]:
+    """The indices of `configs` (resolved) in groups that can train as one pack, in order of
+    their first member; a group of one trains alone. float16 (with its gradient scaler) does
+    not pack."""
+    found: dict[tuple, list[int]] = {}
+    for i, cfg in enumerate(configs):
+        flat = flatten(cfg)
+        shared = {k: v for k, v in flat.items() if k in SHARED or not k.startswith(PER_MEMBER)}
+        key = repr(sorted(shared.items()))
+        if flat.get("trainer.precision") == "16-mixed":
+            key += f"#{i}"
+        found.setdefault((key,), []).append(i)
+    size = max_members or max(1, len(configs))
+    return [group[k : k + size] for group in found.values() for k in range(0, len(group), size)]
 
 
 @dataclass
@@ -51,16 +74,20 @@ class Member:
 
 
 def train_group(
-    cfgs: list[DictConfig], out_dirs: list[Path], resumes: list[Path | None] | None = None
+    cfgs: list[DictConfig],
+    out_dirs: list[Path],
+    resumes: list[Path | None] | None = None,
+    loggers: list[logging.Logger] | None = None,
 ) -> list[dict]:
-    """Train the runs of `cfgs` as one pack, run i into out_dirs[i] (resuming resumes[i]);
-    return each run's results, as train() returns them."""
+    """Train the runs of `cfgs` as one pack, run i into out_dirs[i] (resuming resumes[i],
+    its lines to loggers[i]); return each run's results, as train() returns them."""
     start = time.perf_counter()
     resumes = resumes or [None] * len(cfgs)
+    loggers = loggers or [None] * len(cfgs)
     with contextlib.ExitStack() as stack:
         members = []
-        for cfg, out_dir, resume in zip(cfgs, out_dirs, resumes, strict=True):
-            members.append(start_member(cfg, out_dir, resume, start, stack))
+        for cfg, out_dir, resume, logger in zip(cfgs, out_dirs, resumes, loggers, strict=True):
+            members.append(start_member(cfg, out_dir, resume, logger, start, stack))
         pack = Pack([m.state.parts.model for m in members])
         step = PackedStep(
             pack,
@@ -84,11 +111,12 @@ def start_member(
     cfg: DictConfig,
     out_dir: Path,
     resume: Path | None,
+    logger: logging.Logger | None,
     start: float,
     stack: contextlib.ExitStack,
 ) -> Member:
     phases = Phases(since=time.time())
-    opened = open_run(cfg, out_dir, resume, restart=False, phases=phases, jobs=1)
+    opened = open_run(cfg, out_dir, resume, False, phases, jobs=1, logger=logger)
     log = opened.log
     stack.enter_context(log.records_failure())
     state, engine, loaders, runner, flops = build_run(

@@ -103,8 +103,13 @@ def wait_for_a_later_second(out_dir: Path) -> None:
 
 
 class RunLog:
-    def __init__(self, out_dir: Path, config: dict, phases: Phases) -> None:
+    """`logger`: where the run's lines go (a packed group gives each member its own)."""
+
+    def __init__(
+        self, out_dir: Path, config: dict, phases: Phases, logger: logging.Logger | None = None
+    ) -> None:
         self.out_dir, self.config, self.phases = out_dir, config, phases
+        self.log = logger or log
         self.main = distributed.is_main()
         self.writer: SummaryWriter | Discard = Discard()
         self.state: TrainState | None = None
@@ -134,11 +139,11 @@ class RunLog:
 
     def say(self, line: str | None) -> None:
         if line and self.main:
-            log.info(line)
+            self.log.info(line)
 
     def warn(self, line: str | None) -> None:
         if line and self.main:
-            log.warning(line)
+            self.log.warning(line)
 
     def untrained(self, figures: Figures) -> None:
         """trainer.epochs=0: what the untrained model does, at step 0."""
@@ -173,7 +178,7 @@ class RunLog:
                 if quiet and time.monotonic() >= next_line:
                     next_line = time.monotonic() + PROGRESS_EVERY_S
                     loss = "" if self._last_loss is None else f", loss {self._last_loss:.4f}"
-                    log.info(
+                    self.log.info(
                         f"epoch {epoch}/{epochs}: batch {state.batches_done}/{len(loader)}, "
                         f"{self._rate(loader):,.0f} img/s{loss}"
                     )
@@ -203,14 +208,14 @@ class RunLog:
             if getattr(row, key) is not None:
                 self.writer.add_scalar(tag, getattr(row, key), row.step)
         self.writer.flush()
-        log.info(
+        self.log.info(
             f"epoch {row.epoch}/{epochs}  train loss {row.train_loss:.4f} acc "
             f"{row.train_acc:.4f} | test loss {row.test_loss:.4f} acc {row.test_acc:.4f}"
             f" | lr {row.lr:.3g} | {row.epoch_s:.1f} s, {row.images_per_s:,.0f} img/s"
         )
         chance = 1 / self.num_classes
         if row.test_acc < 1.5 * chance:
-            log.warning(
+            self.log.warning(
                 f"test accuracy {row.test_acc:.4f} is at chance level ({chance:.2f} for "
                 f"{self.num_classes} classes): the network has learned nothing yet. A sigmoid "
                 "network may need more epochs; otherwise try another optimizer.lr (10x smaller "
@@ -218,7 +223,7 @@ class RunLog:
             )
 
     def diverged(self, loss: float, step: int, epoch: int, lr: float) -> None:
-        log.error(
+        self.log.error(
             f"the training loss became {loss} by step {step} (epoch {epoch}); the run stops and "
             "its last checkpoint is kept. A smaller learning rate usually helps, e.g. "
             f"optimizer.lr={lr / 10:g}"

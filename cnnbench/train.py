@@ -13,6 +13,7 @@ What is not training sits behind one name each: `build` (model, data, optimizer)
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -129,10 +130,16 @@ class Opened:
 
 
 def open_run(
-    cfg: DictConfig, out_dir: Path, resume: Path | None, restart: bool, phases: Phases, jobs: int
+    cfg: DictConfig,
+    out_dir: Path,
+    resume: Path | None,
+    restart: bool,
+    phases: Phases,
+    jobs: int,
+    logger: logging.Logger | None = None,
 ) -> Opened:
     """Check the config, choose the device and its threads, load and check the checkpoint to
-    resume, and claim the run directory."""
+    resume, and claim the run directory. `logger`: where the run's lines go (RunLog)."""
     validate(cfg)
     t = cfg.trainer
     device = distributed.run_device(t.device)
@@ -142,7 +149,7 @@ def open_run(
     config, spec, size = resolved(cfg), data.SPECS[cfg.dataset.name], image_size(cfg)
     ckpt = checkpoint.load_for_resume(resume, config, size) if resume else None
     restarted = not ckpt and distributed.main_first(lambda: claim(out_dir, restart), others=False)
-    log = RunLog(out_dir, config, phases)
+    log = RunLog(out_dir, config, phases, logger)
     phases.mark("setup")  # validation, the device and its threads, the run directory
     return Opened(device, threads, config, ckpt, bool(restarted), len(spec.classes), log)
 

@@ -1,0 +1,183 @@
+"""`hydra/launcher=packed`: a sweep whose compatible points train together (issue 30).
+
+Hydra's basic launcher trains a sweep's points one after another. This one groups the jobs
+that differ only in what a member of a pack may (cnnbench.group.groups: the optimizer's and
+the schedule's settings, the seed, model.init, label smoothing, the augmentation) and trains
+each group as one pack (cnnbench.group.train_group): one vmapped step for all its members,
+each member a full run in its own job directory. Where packing is slower, on this kind of
+2-core CPU (docs/performance.md), `pack=auto` trains the points one after another, as the
+basic launcher does; `hydra.launcher.pack=true|false` decides instead.
+
+No `from __future__ import annotations` here: Hydra imports its plugins' modules in a way that
+leaves them out of sys.modules while their dataclasses are made.
+"""
+
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.utils import JobReturn, JobStatus, configure_log, run_job, setup_globals
+from hydra.plugins.launcher import Launcher
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PackedLauncherConf:
+    _target_: str = "hydra_plugins.cnnbench_launcher.packed_launcher.PackedLauncher"
+    # auto: packed on CUDA, one after another elsewhere; true; false
+    pack: str = "auto"
+    # the most points in one pack (null: every compatible point of the batch Hydra hands over)
+    max_members: int | None = None
+
+
+ConfigStore.instance().store(
+    group="hydra/launcher", name="packed", node=PackedLauncherConf, provider="cnnbench"
+)
+
+
+@dataclass
+class Job:
+    num: int
+    overrides: list[str]
+    config: DictConfig  # with its hydra node, as run_job takes it
+
+
+class PackedLauncher(Launcher):
+    def __init__(self, pack: str = "auto", max_members: int | None = None) -> None:
+        self.pack = str(pack).lower()
+        self.max_members = max_members
+        self.config: DictConfig | None = None
+        self.hydra_context: HydraContext | None = None
+        self.task_function: TaskFunction | None = None
+
+    def setup(
+        self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
+    ) -> None:
+        self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
+
+    def launch(self, job_overrides: Any, initial_job_idx: int) -> list[JobReturn]:
+        from cnnbench.config import resolved
+        from cnnbench.group import groups
+
+        setup_globals()
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+        jobs = [self.job(initial_job_idx + i, list(o)) for i, o in enumerate(job_overrides)]
+        tasks = [resolved(self.task(job)) for job in jobs]
+        found = groups(tasks, self.max_members)
+        packing, why = self.packing(self.task(jobs[0]))
+        how = "each group trained as one pack" if packing else "one after another"
+        log.info(f"packed launcher: {len(jobs)} jobs in {len(found)} groups; {how} ({why})")
+        returns: dict[int, JobReturn] = {}
+        for group in found:
+            members = [jobs[i] for i in group]
+            if packing and len(members) > 1:
+                returns.update(zip(group, self.run_together(members), strict=True))
+            else:
+                returns.update((i, self.run_alone(jobs[i])) for i in group)
+        return [returns[i] for i in range(len(jobs))]
+
+    def job(self, num: int, overrides: list[str]) -> Job:
+        config = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
+        with open_dict(config):
+            config.hydra.job.id = num
+            config.hydra.job.num = num
+        return Job(num, overrides, config)
+
+    @staticmethod
+    def task(job: Job) -> DictConfig:
+        return OmegaConf.masked_copy(job.config, [k for k in job.config if k != "hydra"])
+
+    def packing(self, task: DictConfig) -> tuple[bool, str]:
+        if self.pack in ("true", "false"):
+            return self.pack == "true", f"hydra.launcher.pack={self.pack}"
+        from cnnbench.distributed import resolve_device
+
+        device = resolve_device(task.trainer.device)
+        if device.type == "cuda":
+            return True, "CUDA: a pack's step is one set of larger kernels"
+        return False, f"{device.type}: packing is slower here, docs/performance.md"
+
+    def run_alone(self, job: Job) -> JobReturn:
+        ret = run_job(
+            hydra_context=self.hydra_context,
+            task_function=self.task_function,
+            config=job.config,
+            job_dir_key="hydra.sweep.dir",
+            job_subdir_key="hydra.sweep.subdir",
+        )
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        return ret
+
+    def run_together(self, jobs: list[Job]) -> list[JobReturn]:
+        """Hydra makes each member's job directory (its .hydra/ files and train.log) as for a
+        job of its own; then the members train as one pack, each logging to its train.log.
+        A member that finished (the same sweep run again) is reported, not trained."""
+        from cnnbench.ending import ending, score, tell
+        from cnnbench.group import train_group
+        from cnnbench.runs import read_results
+
+        prepared = [self.prepare(job) for job in jobs]
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        dirs = [Path(ret.hydra_cfg.hydra.runtime.output_dir) for ret in prepared]
+        done = [read_results(d) or {} for d in dirs]
+        todo = [
+            i
+            for i, (ret, result) in enumerate(zip(prepared, done, strict=True))
+            if not (
+                result.get("status") == "ok" and result.get("epochs_done") == ret.cfg.trainer.epochs
+            )
+        ]
+        cfgs = [prepared[i].cfg for i in todo]
+        resumes = [dirs[i] / "last.pt" if (dirs[i] / "last.pt").is_file() else None for i in todo]
+        loggers = [member_logger(jobs[i], dirs[i]) for i in todo]
+        try:
+            trained = train_group(cfgs, [dirs[i] for i in todo], resumes, loggers) if todo else []
+        except BaseException as err:
+            HydraConfig.instance().set_config(jobs[todo[0]].config)
+            ending(err, cfgs[0], dirs[todo[0]], sweep=True)
+            raise
+        finally:
+            for logger in loggers:
+                for handler in logger.handlers:
+                    handler.close()
+                logger.handlers.clear()
+        done = [*done]
+        for i, result in zip(todo, trained, strict=True):
+            done[i] = result
+        for ret, result, d in zip(prepared, done, dirs, strict=True):
+            ret.return_value = score(result)
+            ret.status = JobStatus.COMPLETED
+            if result["status"] == "ok":
+                tell(
+                    f"test accuracy {result['test_acc']:.4f} (best {result['best_test_acc']:.4f}, "
+                    f"epoch {result['best_epoch']}) - {d}"
+                )
+            else:
+                tell(f"cnnbench: run {result['status']} - {d}", file=sys.stderr)
+        return prepared
+
+    def prepare(self, job: Job) -> JobReturn:
+        return run_job(
+            hydra_context=self.hydra_context,
+            task_function=lambda cfg: None,  # the directory only: the pack trains below
+            config=job.config,
+            job_dir_key="hydra.sweep.dir",
+            job_subdir_key="hydra.sweep.subdir",
+        )
+
+
+def member_logger(job: Job, run_dir: Path) -> logging.Logger:
+    """A member's lines: to the console, as a job's, and to its own train.log."""
+    logger = logging.getLogger(f"cnnbench.train.job{job.num}")
+    handler = logging.FileHandler(run_dir / "train.log")
+    handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+    logger.addHandler(handler)
+    return logger

@@ -1,0 +1,102 @@
+"""hydra/launcher=packed: a sweep's compatible points grouped, and trained as one pack where
+that is chosen; each point a full run that the report, eval and a rerun treat as any other."""
+
+import json
+
+from cnnbench.config import compose, resolved
+from cnnbench.group import groups
+from tests.conftest import run_cli, small_overrides
+
+
+def configs(*points: tuple[str, ...]) -> list[dict]:
+    return [resolved(compose(list(point))) for point in points]
+
+
+def test_points_that_differ_in_what_a_member_may_are_grouped():
+    found = groups(
+        configs(
+            ("optimizer.lr=0.1", "trainer.seed=1"),
+            ("optimizer.lr=0.2", "optimizer.weight_decay=0.1"),
+            ("model=mlp",),  # another architecture
+            ("optimizer=sgd",),  # another optimizer class
+            ("trainer.label_smoothing=0.1", "model.init=xavier", "dataset.flip=true"),
+            ("dataset.batch_size=64",),  # another batch size
+            ("trainer.precision=16-mixed",),  # float16's scaler does not pack
+            ("trainer.precision=16-mixed", "trainer.seed=3"),
+        )
+    )
+    assert found == [[0, 1, 4], [2], [3], [5], [6], [7]]
+    assert groups(configs(*[(f"trainer.seed={s}",) for s in range(5)]), max_members=2) == [
+        [0, 1],
+        [2, 3],
+        [4],
+    ]
+
+
+def sweep(tmp_path, data_root, name: str, *launcher: str):
+    args = [
+        *small_overrides(data_root, tmp_path / "cache"),
+        "trainer.epochs=1",
+        "trainer.limit_train_batches=4",
+        "optimizer=sgd",
+        "optimizer.momentum=0.9",
+    ]
+    folder = tmp_path / name
+    ran = run_cli(
+        "-m",
+        *args,
+        *launcher,
+        "optimizer.lr=0.01,0.05",
+        "trainer.seed=0,1",
+        f"hydra.sweep.dir={folder}",
+        cwd=tmp_path,
+    )
+    assert ran.returncode == 0, ran.stderr
+    found = {p.parent.name: json.loads(p.read_text()) for p in folder.glob("*/results.json")}
+    return ran, folder, found
+
+
+def test_a_packed_sweep_writes_the_runs_the_basic_launcher_writes(tmp_path, data_root):
+    packed_run, folder, packed = sweep(
+        tmp_path, data_root, "packed", "hydra/launcher=packed", "hydra.launcher.pack=true"
+    )
+    _, _, basic = sweep(tmp_path, data_root, "basic")
+    assert "4 jobs in 1 groups; each group trained as one pack" in packed_run.stdout
+    assert sorted(packed) == sorted(basic) and len(packed) == 4
+    for name, result in packed.items():
+        assert result["status"] == "ok" and result["step"] == "packed"
+        assert result["train_loss"] == basic[name]["train_loss"] or (
+            abs(result["train_loss"] - basic[name]["train_loss"]) < 1e-5 * basic[name]["train_loss"]
+        )
+        assert abs(result["test_acc"] - basic[name]["test_acc"]) <= 0.002
+        for file in (".hydra/config.yaml", "metrics.csv", "last.pt", "best.pt", "train.log"):
+            assert (folder / name / file).is_file(), (name, file)
+        assert "epoch 1/1" in (folder / name / "train.log").read_text()
+    assert run_cli(str(folder), cwd=tmp_path, module="cnnbench.report").returncode == 0
+    member = next(iter(packed))
+    evaluated = run_cli(f"ckpt={folder / member}", cwd=tmp_path, module="cnnbench.eval")
+    assert evaluated.returncode == 0, evaluated.stderr
+
+    before = {p: p.stat().st_mtime_ns for p in folder.glob("*/results.json")}
+    again = run_cli(
+        "-m",
+        *small_overrides(data_root, tmp_path / "cache"),
+        "trainer.epochs=1",
+        "trainer.limit_train_batches=4",
+        "optimizer=sgd",
+        "optimizer.momentum=0.9",
+        "hydra/launcher=packed",
+        "hydra.launcher.pack=true",
+        "optimizer.lr=0.01,0.05",
+        "trainer.seed=0,1",
+        f"hydra.sweep.dir={folder}",
+        cwd=tmp_path,
+    )
+    assert again.returncode == 0, again.stderr
+    assert {p: p.stat().st_mtime_ns for p in folder.glob("*/results.json")} == before
+
+
+def test_on_this_cpu_auto_trains_the_points_one_after_another(tmp_path, data_root):
+    ran, _, found = sweep(tmp_path, data_root, "auto", "hydra/launcher=packed")
+    assert "one after another (cpu: packing is slower here" in ran.stdout
+    assert len(found) == 4 and all(r["step"] != "packed" for r in found.values())
