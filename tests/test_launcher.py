@@ -100,3 +100,48 @@ def test_on_this_cpu_auto_trains_the_points_one_after_another(tmp_path, data_roo
     ran, _, found = sweep(tmp_path, data_root, "auto", "hydra/launcher=packed")
     assert "one after another (cpu: packing is slower here" in ran.stdout
     assert len(found) == 4 and all(r["step"] != "packed" for r in found.values())
+
+
+def test_a_member_that_cannot_start_fails_alone(tmp_path, data_root):
+    ran = run_cli(
+        "-m",
+        *small_overrides(data_root, tmp_path / "cache"),
+        "trainer.epochs=1",
+        "trainer.limit_train_batches=2",
+        "hydra/launcher=packed",
+        "hydra.launcher.pack=true",
+        "optimizer.lr=0.01,-1,0.05",
+        f"hydra.sweep.dir={tmp_path / 'sw'}",
+        cwd=tmp_path,
+    )
+    assert ran.returncode == 0, ran.stderr
+    found = {
+        json.loads(p.read_text())["config"]["optimizer"]["lr"]: json.loads(p.read_text())
+        for p in (tmp_path / "sw").glob("*/results.json")
+    }
+    assert found[-1.0]["status"] == "error" and "optimizer.lr=-1.0" in found[-1.0]["error"]
+    assert found[0.01]["step"] == found[0.05]["step"] == "packed"
+    assert found[0.01]["status"] == found[0.05]["status"] == "ok"
+
+
+def test_optuna_with_n_jobs_trains_its_trials_together(tmp_path, data_root):
+    """The Optuna sweeper hands the launcher n_jobs trials at a time: they form one pack."""
+    ran = run_cli(
+        "-m",
+        *small_overrides(data_root, tmp_path / "cache"),
+        "trainer.epochs=1",
+        "trainer.limit_train_batches=2",
+        "dataset.val_size=100",
+        "hydra/sweeper=optuna",
+        "hydra.sweeper.n_trials=2",
+        "hydra.sweeper.n_jobs=2",
+        "optimizer.lr=interval(0.0001,0.03)",
+        "hydra/launcher=packed",
+        "hydra.launcher.pack=true",
+        f"hydra.sweep.dir={tmp_path / 'search'}",
+        cwd=tmp_path,
+    )
+    assert ran.returncode == 0, ran.stderr
+    assert "2 jobs in 1 groups; each group trained as one pack" in ran.stdout
+    found = [json.loads(p.read_text()) for p in (tmp_path / "search").glob("*/results.json")]
+    assert len(found) == 2 and all(r["step"] == "packed" and r["status"] == "ok" for r in found)

@@ -71,8 +71,14 @@ class PackedLauncher(Launcher):
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
         jobs = [self.job(initial_job_idx + i, list(o)) for i, o in enumerate(job_overrides)]
         tasks = [resolved(self.task(job)) for job in jobs]
-        found = groups(tasks, self.max_members)
-        packing, why = self.packing(self.task(jobs[0]))
+        # a job that cannot start trains alone, where it fails and is recorded as in any sweep
+        startable = [i for i, job in enumerate(jobs) if self.can_start(job)]
+        found = [[startable[i] for i in g] for g in groups([tasks[i] for i in startable])]
+        found += [[i] for i in range(len(jobs)) if i not in startable]
+        found = [g[k : k + self.size(g)] for g in found for k in range(0, len(g), self.size(g))]
+        packing, why = (False, "no job can start")
+        if startable:
+            packing, why = self.packing(self.task(jobs[startable[0]]))
         how = "each group trained as one pack" if packing else "one after another"
         log.info(f"packed launcher: {len(jobs)} jobs in {len(found)} groups; {how} ({why})")
         returns: dict[int, JobReturn] = {}
@@ -90,6 +96,21 @@ class PackedLauncher(Launcher):
             config.hydra.job.id = num
             config.hydra.job.num = num
         return Job(num, overrides, config)
+
+    def size(self, group: list[int]) -> int:
+        return self.max_members or len(group)
+
+    def can_start(self, job: Job) -> bool:
+        from cnnbench.errors import USER_ERRORS
+        from cnnbench.train import preflight
+
+        task = self.task(job)
+        last = Path(job.config.hydra.sweep.dir) / str(job.config.hydra.sweep.subdir) / "last.pt"
+        try:
+            preflight(task, last if last.is_file() else None)
+        except USER_ERRORS:
+            return False
+        return True
 
     @staticmethod
     def task(job: Job) -> DictConfig:
