@@ -22,7 +22,8 @@
 # The check runs the device tests, `cnnbench.bench --quick`, the bench's LeNet-5 and ResNet-18
 # rows (engine, plain step, bare loop, bf16), LeNet-5 with the captured step against the plain
 # one, fast_mnist over 5 seeds, two epochs of fashion/resnet in float32 and bf16, and N
-# models' step one after another against the same N packed (tools/packed_step.py), then
+# models' step one after another against the same N packed (tools/packed_step.py) and the
+# same sweeps with the basic and the packed launcher (tools/packed_sweep.py), then
 # prints one table (tools/gpu_summary.py; WORK_DIR/summary.json). Without CUDA it runs the
 # CPU cases of the device tests, says so, and exits 0; it exits 1 when a step failed.
 set -uo pipefail
@@ -73,6 +74,8 @@ if [ "$cuda" = 1 ]; then
         hydra.sweep.dir="$work/fashion_resnet"
     # issue 30: N models' step one after another against the same N packed (packed.py)
     step "packed step" bash -c "python tools/packed_step.py --device cuda | tee '$work/packed_step.txt'"
+    step "packed sweep" bash -c "python tools/packed_sweep.py --data '$data' --device cuda \
+        | tee '$work/packed_sweep.txt'"
 else
     printf 'CUDA\tnot available here: the CUDA cases were skipped\n' >>"$work/steps.txt"
 fi
