@@ -63,22 +63,12 @@ class PackedLauncher(Launcher):
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
 
     def launch(self, job_overrides: Any, initial_job_idx: int) -> list[JobReturn]:
-        from cnnbench.config import resolved
-        from cnnbench.group import groups
-
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
         jobs = [self.job(initial_job_idx + i, list(o)) for i, o in enumerate(job_overrides)]
-        tasks = [resolved(self.task(job)) for job in jobs]
-        # a job that cannot start trains alone, where it fails and is recorded as in any sweep
-        startable = [i for i, job in enumerate(jobs) if self.can_start(job)]
-        found = [[startable[i] for i in g] for g in groups([tasks[i] for i in startable])]
-        found += [[i] for i in range(len(jobs)) if i not in startable]
-        found = [g[k : k + self.size(g)] for g in found for k in range(0, len(g), self.size(g))]
-        packing, why = (False, "no job can start")
-        if startable:
-            packing, why = self.packing(self.task(jobs[startable[0]]))
+        packing, why = self.packing(self.task(jobs[0]))
+        found = self.groups(jobs) if packing else [[i] for i in range(len(jobs))]
         how = "each group trained as one pack" if packing else "one after another"
         log.info(f"packed launcher: {len(jobs)} jobs in {len(found)} groups; {how} ({why})")
         returns: dict[int, JobReturn] = {}
@@ -89,6 +79,18 @@ class PackedLauncher(Launcher):
             else:
                 returns.update((i, self.run_alone(jobs[i])) for i in group)
         return [returns[i] for i in range(len(jobs))]
+
+    def groups(self, jobs: list[Job]) -> list[list[int]]:
+        """The jobs' indices in packs of at most max_members. A job that cannot start trains
+        alone, where it fails and is recorded as in any sweep."""
+        from cnnbench.config import resolved
+        from cnnbench.group import groups
+
+        startable = [i for i, job in enumerate(jobs) if self.can_start(job)]
+        tasks = [resolved(self.task(jobs[i])) for i in startable]
+        found = [[startable[i] for i in group] for group in groups(tasks)]
+        found += [[i] for i in range(len(jobs)) if i not in startable]
+        return [g[k : k + self.size(g)] for g in found for k in range(0, len(g), self.size(g))]
 
     def job(self, num: int, overrides: list[str]) -> Job:
         config = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
@@ -120,8 +122,12 @@ class PackedLauncher(Launcher):
         if self.pack in ("true", "false"):
             return self.pack == "true", f"hydra.launcher.pack={self.pack}"
         from cnnbench.distributed import resolve_device
+        from cnnbench.errors import ConfigError
 
-        device = resolve_device(task.trainer.device)
+        try:
+            device = resolve_device(task.trainer.device)
+        except ConfigError:  # the job says so when it runs
+            return False, f"trainer.device={task.trainer.device} is not a device here"
         if device.type == "cuda":
             return True, "CUDA: a pack's step is one set of larger kernels"
         return False, f"{device.type}: packing is slower here, docs/performance.md"
