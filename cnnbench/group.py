@@ -116,7 +116,8 @@ def start_member(
     stack: contextlib.ExitStack,
 ) -> Member:
     phases = Phases(since=time.time())
-    opened = open_run(cfg, out_dir, resume, False, phases, jobs=1, logger=logger)
+    # restart: a sweep's job run again takes over the directory it claimed without a checkpoint
+    opened = open_run(cfg, out_dir, resume, True, phases, jobs=1, logger=logger)
     log = opened.log
     stack.enter_context(log.records_failure())
     state, engine, loaders, runner, flops = build_run(

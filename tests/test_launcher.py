@@ -145,3 +145,25 @@ def test_optuna_with_n_jobs_trains_its_trials_together(tmp_path, data_root):
     assert "2 jobs in 1 groups; each group trained as one pack" in ran.stdout
     found = [json.loads(p.read_text()) for p in (tmp_path / "search").glob("*/results.json")]
     assert len(found) == 2 and all(r["step"] == "packed" and r["status"] == "ok" for r in found)
+
+
+def test_a_pack_that_does_not_fit_in_memory_is_split(tmp_path, data_root, monkeypatch):
+    import torch
+
+    from cnnbench import group
+
+    real = group.train_group
+
+    def small_device(cfgs, *args, **kwargs):
+        if len(cfgs) > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory (a stand-in)")
+        return real(cfgs, *args, **kwargs)
+
+    monkeypatch.setattr(group, "train_group", small_device)
+    ran, _, found = sweep(
+        tmp_path, data_root, "split", "hydra/launcher=packed", "hydra.launcher.pack=true"
+    )
+    assert "4 members do not fit in the device's memory; packing 2 and 2" in ran.stdout
+    assert len(found) == 4 and all(
+        r["status"] == "ok" and r["step"] == "packed" for r in found.values()
+    )

@@ -73,12 +73,28 @@ class PackedLauncher(Launcher):
         log.info(f"packed launcher: {len(jobs)} jobs in {len(found)} groups; {how} ({why})")
         returns: dict[int, JobReturn] = {}
         for group in found:
-            members = [jobs[i] for i in group]
-            if packing and len(members) > 1:
-                returns.update(zip(group, self.run_together(members), strict=True))
-            else:
-                returns.update((i, self.run_alone(jobs[i])) for i in group)
+            returns.update(self.run_group(jobs, group) if packing else self.run_each(jobs, group))
         return [returns[i] for i in range(len(jobs))]
+
+    def run_each(self, jobs: list[Job], group: list[int]) -> dict[int, JobReturn]:
+        return {i: self.run_alone(jobs[i]) for i in group}
+
+    def run_group(self, jobs: list[Job], group: list[int]) -> dict[int, JobReturn]:
+        """One pack, or, when it does not fit in the device's memory, two of half the size."""
+        import torch
+
+        if len(group) == 1:
+            return self.run_each(jobs, group)
+        try:
+            return dict(zip(group, self.run_together([jobs[i] for i in group]), strict=True))
+        except torch.OutOfMemoryError:
+            half = len(group) // 2
+            log.info(
+                f"packed launcher: {len(group)} members do not fit in the device's memory; "
+                f"packing {half} and {len(group) - half} (hydra.launcher.max_members caps a pack)"
+            )
+            torch.cuda.empty_cache()
+            return self.run_group(jobs, group[:half]) | self.run_group(jobs, group[half:])
 
     def groups(self, jobs: list[Job]) -> list[list[int]]:
         """The jobs' indices in packs of at most max_members. A job that cannot start trains
@@ -168,6 +184,8 @@ class PackedLauncher(Launcher):
         try:
             trained = train_group(cfgs, [dirs[i] for i in todo], resumes, loggers) if todo else []
         except BaseException as err:
+            if type(err).__name__ == "OutOfMemoryError":  # run_group tries smaller packs
+                raise
             HydraConfig.instance().set_config(jobs[todo[0]].config)
             ending(err, cfgs[0], dirs[todo[0]], sweep=True)
             raise
