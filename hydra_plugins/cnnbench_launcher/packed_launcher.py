@@ -220,9 +220,12 @@ class PackedLauncher(Launcher):
 
 
 def member_logger(job: Job, run_dir: Path) -> logging.Logger:
-    """A member's lines: to the console, as a job's, and to its own train.log."""
+    """A member's lines: to the console, as a job's are, and to its own train.log; not to the
+    launcher's handlers, which would print them as Hydra's own."""
     logger = logging.getLogger(f"cnnbench.train.job{job.num}")
-    handler = logging.FileHandler(run_dir / "train.log")
-    handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
-    logger.addHandler(handler)
+    logger.propagate = False
+    formatter = logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+    for handler in (logging.StreamHandler(sys.stdout), logging.FileHandler(run_dir / "train.log")):
+        handler.setFormatter(formatter)
+        logger.addHandler(handler)
     return logger
