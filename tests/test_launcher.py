@@ -2,10 +2,14 @@
 that is chosen; each point a full run that the report, eval and a rerun treat as any other."""
 
 import json
+import signal
+
+import pytest
 
 from cnnbench.config import compose, resolved
 from cnnbench.group import groups
 from tests.conftest import run_cli, small_overrides
+from tests.test_interrupts import RUN, SAME, spawn, wait_for_epochs
 
 
 def configs(*points: tuple[str, ...]) -> list[dict]:
@@ -167,3 +171,34 @@ def test_a_pack_that_does_not_fit_in_memory_is_split(tmp_path, data_root, monkey
     assert len(found) == 4 and all(
         r["status"] == "ok" and r["step"] == "packed" for r in found.values()
     )
+
+
+@pytest.mark.slow
+def test_a_stopped_packed_sweep_resumes_every_member_exactly(tmp_path, data_root):
+    """SIGTERM saves every member; the same command again ends each as a sweep never stopped."""
+    args = [
+        "-m",
+        *small_overrides(data_root, tmp_path / "cache"),
+        *RUN,
+        "hydra/launcher=packed",
+        "hydra.launcher.pack=true",
+        "optimizer.lr=0.01,0.05",
+    ]
+    full = run_cli(*args, f"hydra.sweep.dir={tmp_path / 'full'}", cwd=tmp_path)
+    assert full.returncode == 0, full.stderr
+    stopped = [*args, f"hydra.sweep.dir={tmp_path / 'stopped'}"]
+    proc = spawn(*stopped, cwd=tmp_path)
+    wait_for_epochs(tmp_path / "stopped" / "0_optimizer.lr=0.01", 2, proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    members = sorted((tmp_path / "stopped").glob("*/results.json"))
+    assert [json.loads(p.read_text())["status"] for p in members] == ["interrupted"] * 2
+    again = run_cli(*stopped, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    for p in members:
+        resumed = json.loads(p.read_text())
+        reference = json.loads((tmp_path / "full" / p.parent.name / "results.json").read_text())
+        assert resumed["resumed"] and resumed["step"] == "packed"
+        for key in SAME:
+            assert resumed[key] == reference[key], (p.parent.name, key)
