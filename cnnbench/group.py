@@ -88,6 +88,8 @@ def train_group(
         members = []
         for cfg, out_dir, resume, logger in zip(cfgs, out_dirs, resumes, loggers, strict=True):
             members.append(start_member(cfg, out_dir, resume, logger, start, stack))
+        if len({m.state.step for m in members}) > 1:
+            raise ValueError("the members of a pack must stand at one step to train in lockstep")
         pack = Pack([m.state.parts.model for m in members])
         step = PackedStep(
             pack,

@@ -209,3 +209,14 @@ def test_a_stopped_group_resumes_every_member_exactly(make_cfg, tmp_path, monkey
         assert (
             csv_rows(dirs[i])[-1]["train_loss"] == csv_rows(tmp_path / f"full{i}")[-1]["train_loss"]
         )
+
+
+def test_members_at_different_steps_are_refused(make_cfg, tmp_path, monkeypatch):
+    cfg = make_cfg("model=lenet", "optimizer=sgd", "trainer.limit_train_batches=3")
+    ahead = tmp_path / "ahead"
+    signal_at_step(monkeypatch, 2)
+    with pytest.raises(Interrupted):
+        train(cfg, ahead)
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match="one step"):
+        train_group([cfg, cfg], [ahead, tmp_path / "new"], resumes=[ahead / "last.pt", None])

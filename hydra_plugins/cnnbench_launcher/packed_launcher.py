@@ -178,25 +178,31 @@ class PackedLauncher(Launcher):
                 result.get("status") == "ok" and result.get("epochs_done") == ret.cfg.trainer.epochs
             )
         ]
-        cfgs = [prepared[i].cfg for i in todo]
-        resumes = [dirs[i] / "last.pt" if (dirs[i] / "last.pt").is_file() else None for i in todo]
-        loggers = [member_logger(jobs[i], dirs[i]) for i in todo]
-        try:
-            trained = train_group(cfgs, [dirs[i] for i in todo], resumes, loggers) if todo else []
-        except BaseException as err:
-            if type(err).__name__ == "OutOfMemoryError":  # run_group tries smaller packs
+        resumes = {i: dirs[i] / "last.pt" for i in todo if (dirs[i] / "last.pt").is_file()}
+        # lockstep needs one position: members resumed at different steps pack apart
+        at: dict[int, list[int]] = {}
+        for i in todo:
+            at.setdefault(checkpoint_step(resumes.get(i)), []).append(i)
+        for members in at.values():
+            loggers = [member_logger(jobs[i], dirs[i]) for i in members]
+            cfgs = [prepared[i].cfg for i in members]
+            try:
+                trained = train_group(
+                    cfgs, [dirs[i] for i in members], [resumes.get(i) for i in members], loggers
+                )
+            except BaseException as err:
+                if type(err).__name__ == "OutOfMemoryError":  # run_group tries smaller packs
+                    raise
+                HydraConfig.instance().set_config(jobs[members[0]].config)
+                ending(err, cfgs[0], dirs[members[0]], sweep=True)
                 raise
-            HydraConfig.instance().set_config(jobs[todo[0]].config)
-            ending(err, cfgs[0], dirs[todo[0]], sweep=True)
-            raise
-        finally:
-            for logger in loggers:
-                for handler in logger.handlers:
-                    handler.close()
-                logger.handlers.clear()
-        done = [*done]
-        for i, result in zip(todo, trained, strict=True):
-            done[i] = result
+            finally:
+                for logger in loggers:
+                    for handler in logger.handlers:
+                        handler.close()
+                    logger.handlers.clear()
+            for i, result in zip(members, trained, strict=True):
+                done[i] = result
         for ret, result, d in zip(prepared, done, dirs, strict=True):
             ret.return_value = score(result)
             ret.status = JobStatus.COMPLETED
@@ -217,6 +223,15 @@ class PackedLauncher(Launcher):
             job_dir_key="hydra.sweep.dir",
             job_subdir_key="hydra.sweep.subdir",
         )
+
+
+def checkpoint_step(path: Path | None) -> int:
+    """The optimizer step a member resumes at (0: a new run)."""
+    if path is None:
+        return 0
+    from cnnbench import checkpoint
+
+    return int(checkpoint.load(path)["step"])
 
 
 def member_logger(job: Job, run_dir: Path) -> logging.Logger:
