@@ -8,6 +8,7 @@ says why in one line and takes the plain step.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import warnings
 from collections.abc import Callable, Iterator
@@ -18,6 +19,7 @@ import torch
 from omegaconf import DictConfig
 
 from cnnbench.build import precision_for
+from cnnbench.packed import StaticPackedStep
 from cnnbench.step import StaticStep
 
 
@@ -77,48 +79,87 @@ def side_stream() -> Iterator[None]:
     torch.cuda.current_stream().wait_stream(side)
 
 
-class CapturedStep(StaticStep):
-    """StaticStep, recorded after a few warm-up steps (run eagerly on a side stream, as
-    capture requires: lazy initialisation and cuDNN's autotuning happen there) and replayed
-    for every full batch after. A capture that fails (a model that syncs with the host or
-    branches on its data) is reported in one line, and the run goes on with the plain step."""
+class Capture:
+    """`body` run eagerly for a few warm-up calls (on a side stream, as capture requires: lazy
+    initialisation and cuDNN's autotuning happen there), then recorded once and replayed on
+    every call after. `zero_grads` sets the gradients to None before the recording, so that
+    they are allocated in the graph's memory, which each replay rewrites. A capture that fails
+    (a model that syncs with the host or branches on its data) is reported in one line through
+    `warn`, and `body` runs eagerly from then on."""
 
     WARMUP_STEPS = 3
 
-    def __init__(self, *args, warn: Callable[[str], None] = print, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(
+        self,
+        body: Callable[[], None],
+        zero_grads: Callable[[], None],
+        warn: Callable[[str], None] = print,
+    ) -> None:
+        self.body, self.zero_grads, self.warn = body, zero_grads, warn
         self.graph: torch.cuda.CUDAGraph | None = None
-        self.warm, self.failed, self.warn = 0, False, warn
+        self.warm, self.failed = 0, False
 
-    @property
-    def name(self) -> str:
-        """What results.json says ran: the static form, uncaptured, once a capture failed."""
-        return "static" if self.failed else "captured"
-
-    def run(self) -> None:
+    def __call__(self) -> None:
         if self.graph is not None:
             self.graph.replay()
         elif self.failed:
-            super().run()
+            self.body()
         elif self.warm < self.WARMUP_STEPS:
             with side_stream(), warnings.catch_warnings():
                 # torch warns, once, that a capturable optimizer stepping uncaptured may be
                 # slower: these steps are the warm-up before the capture
                 warnings.filterwarnings("ignore", "This instance was constructed with capturable")
-                super().run()
+                self.body()
             self.warm += 1
         else:
-            self.capture()
-            self.run()
+            self.record()
+            self()
 
-    def capture(self) -> None:
-        # the gradients are allocated inside the graph's memory, and each replay rewrites them
-        self.step.optimizer.zero_grad(set_to_none=True)
+    def record(self) -> None:
+        self.zero_grads()
         try:
-            self.graph = record(super().run)
+            self.graph = record(self.body)
         except RuntimeError as err:
             self.failed = True
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             self.warn(
                 f"trainer.cuda_graph: the step could not be captured ({first}); the plain step"
             )
+
+
+class CapturedStep(StaticStep):
+    """StaticStep, recorded after a few warm-up steps and replayed for every full batch."""
+
+    def __init__(self, *args, warn: Callable[[str], None] = print, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        zero_grads = functools.partial(self.step.optimizer.zero_grad, set_to_none=True)
+        self.capture = Capture(super().run, zero_grads, warn)
+
+    @property
+    def name(self) -> str:
+        """What results.json says ran: the static form, uncaptured, once a capture failed."""
+        return "static" if self.capture.failed else "captured"
+
+    def run(self) -> None:
+        self.capture()
+
+
+class CapturedPackedStep(StaticPackedStep):
+    """StaticPackedStep, recorded after a few warm-up steps and replayed for every full batch:
+    one launch for the whole pack's step."""
+
+    def __init__(self, *args, warn: Callable[[str], None] = print, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.capture = Capture(super().run, self.zero_grads, warn)
+
+    @property
+    def name(self) -> str:
+        return "packed-static" if self.capture.failed else "packed-captured"
+
+    def zero_grads(self) -> None:
+        self.step.pack.zero_grad()
+        for optimizer in self.step.optimizers:
+            optimizer.zero_grad(set_to_none=True)
+
+    def run(self) -> None:
+        self.capture()

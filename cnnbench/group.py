@@ -22,12 +22,14 @@ import torch
 from omegaconf import DictConfig
 
 from cnnbench.build import Engine, Loaders, precision_for
-from cnnbench.packed import Pack, PackedStep
+from cnnbench.cuda_graph import CapturedPackedStep, CapturedStep
+from cnnbench.packed import Pack, PackedStep, PlainPackedStep, StaticPackedStep
 from cnnbench.records import Figures, RunFacts
 from cnnbench.runs import NOT_IDENTITY, flatten
 from cnnbench.signals import StopSignals
 from cnnbench.startup import Phases
 from cnnbench.state import TrainState
+from cnnbench.step import Runner, StaticStep
 from cnnbench.train import Opened, announce, build_run, finish_epoch, last_figures, open_run
 
 # what may differ between the members of a group: the rest of the config must be equal
@@ -38,16 +40,12 @@ SHARED = ("optimizer._target_", "scheduler._target_")  # one optimizer and sched
 
 def groups(configs: list[dict], max_members: int | None = None) -> list[list[int]]:
     """The indices of `configs` (resolved) in groups that can train as one pack, in order of
-    their first member; a group of one trains alone. float16 (with its gradient scaler) does
-    not pack."""
+    their first member; a group of one trains alone."""
     found: dict[tuple, list[int]] = {}
     for i, cfg in enumerate(configs):
         flat = flatten(cfg)
         shared = {k: v for k, v in flat.items() if k in SHARED or not k.startswith(PER_MEMBER)}
-        key = repr(sorted(shared.items()))
-        if flat.get("trainer.precision") == "16-mixed":
-            key += f"#{i}"
-        found.setdefault((key,), []).append(i)
+        found.setdefault(repr(sorted(shared.items())), []).append(i)
     size = max_members or max(1, len(configs))
     return [group[k : k + size] for group in found.values() for k in range(0, len(group), size)]
 
@@ -62,6 +60,7 @@ class Member:
     state: TrainState
     engine: Engine
     loaders: Loaders
+    runner: Runner  # the member's own step, whose buffers a static pack fills
     flops: int
     figures: Figures
     status: str = "ok"
@@ -90,23 +89,39 @@ def train_group(
             members.append(start_member(cfg, out_dir, resume, logger, start, stack))
         if len({m.state.step for m in members}) > 1:
             raise ValueError("the members of a pack must stand at one step to train in lockstep")
-        pack = Pack([m.state.parts.model for m in members])
-        step = PackedStep(
-            pack,
-            [m.state.parts.optimizer for m in members],
-            [m.cfg.trainer.label_smoothing for m in members],
-        )
+        runner = pack_runner(members)
         first, epochs = members[0], cfgs[0].trainer.epochs
         with StopSignals(every=first.cfg.trainer.log_every_n_steps) as stop:
             for epoch in range(first.state.epochs_done + 1, epochs + 1):
-                train_one_epoch(members, step, stop, epoch)
+                train_one_epoch(members, runner, stop, epoch)
                 for m in members:
                     end_epoch(m, epoch)
                 if not any(m.training for m in members):
                     break
                 if epoch < epochs and stop.requested():  # each last.pt is the epoch's already
                     raise stop.stop(first.out_dir / "last.pt")
-        return [results(m) for m in members]
+        return [results(m, runner.name) for m in members]
+
+
+def pack_runner(members: list[Member]) -> PlainPackedStep | StaticPackedStep:
+    """The pack's step in the form its members' own steps took (cuda_graph.choose): captured
+    on CUDA where each member's would be, else plain (on the CPU, static with
+    trainer.cuda_graph=true)."""
+    runners = [m.runner for m in members]
+    static = all(isinstance(r, StaticStep) for r in runners)
+    step = PackedStep(
+        Pack([m.state.parts.model for m in members]),
+        [m.state.parts.optimizer for m in members],
+        [m.cfg.trainer.label_smoothing for m in members],
+        autocast=members[0].engine.autocast,
+        scalers=[m.engine.scaler for m in members],
+        on_device=static,
+    )
+    if static and all(isinstance(r, CapturedStep) for r in runners):
+        return CapturedPackedStep(step, runners, warn=members[0].opened.log.warn)
+    if static:
+        return StaticPackedStep(step, runners)
+    return PlainPackedStep(step, [m.loaders.train for m in members])
 
 
 def start_member(
@@ -142,13 +157,13 @@ def start_member(
     )
     figures = last_figures(state, engine, loaders, log)
     lr = state.parts.optimizer.param_groups[0]["lr"]
-    return Member(cfg, out_dir, opened, state, engine, loaders, flops, figures, lr=lr)
+    return Member(cfg, out_dir, opened, state, engine, loaders, runner, flops, figures, lr=lr)
 
 
-def train_one_epoch(members: list[Member], step: PackedStep, stop: StopSignals, epoch: int) -> None:
-    """One pass over the training batches of the members still training, in lockstep. A
-    member that diverged is handed another's batch: the pack runs every member, and its
-    results are not used."""
+def train_one_epoch(
+    members: list[Member], step: PlainPackedStep | StaticPackedStep, stop: StopSignals, epoch: int
+) -> None:
+    """One pass over the training batches of the members still training, in lockstep."""
     epochs = members[0].cfg.trainer.epochs
     live = {i: m for i, m in enumerate(members) if m.training}
     for m in live.values():
@@ -158,14 +173,10 @@ def train_one_epoch(members: list[Member], step: PackedStep, stop: StopSignals, 
     epochs_batches = [m.opened.log.batches(m.loaders.train, epoch, epochs) for m in live.values()]
     for group in zip(*epochs_batches, strict=True):
         batches = dict(zip(live, group, strict=True))
-        gathered = {i: live[i].loaders.train.gather(batch) for i, batch in batches.items()}
-        filler = next(iter(gathered.values()))
-        pairs = [gathered.get(i, filler) for i in range(len(members))]
-        images, labels = torch.stack([x for x, _ in pairs]), torch.stack([y for _, y in pairs])
-        losses = step(images, labels)
+        losses, logits, labels = step(batches)
         for i, batch in batches.items():
             if live[i].training:  # not once it diverged: its last good checkpoint stays
-                after_step(live[i], losses[i], step.logits[i], labels[i], len(batch.index), epoch)
+                after_step(live[i], losses[i], logits[i], labels[i], len(batch.index), epoch)
         first = next(iter(live.values()))
         if first.state.batches_done < len(first.loaders.train) and stop.requested(first.state.step):
             for m in members:
@@ -211,7 +222,7 @@ def diverged(m: Member, loss: float, epoch: int) -> None:
     m.opened.log.diverged(loss, m.diverged_at, epoch, m.cfg.optimizer.lr)
 
 
-def results(m: Member) -> dict:
+def results(m: Member, step: str) -> dict:
     if m.state.window_steps and m.training:  # steps since the last point: short runs
         m.opened.log.train_point(m.state.window_loss(), m.lr, m.loaders.train)
     device = m.opened.device
@@ -222,6 +233,6 @@ def results(m: Member) -> dict:
         resumed=bool(m.opened.ckpt),
         threads=m.opened.threads[0],
         precision=precision_for(m.cfg.trainer.precision, device),
-        step="packed",
+        step=step,
     )
     return m.opened.log.results(m.state, m.status, m.diverged_at, m.figures, facts)

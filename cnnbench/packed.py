@@ -23,11 +23,15 @@ run, as a run with another dropout seed would.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 from torch.func import functional_call, vmap
+
+from cnnbench.data import Batch, DeviceLoader
+from cnnbench.step import StaticStep, tensor_lrs
 
 
 class Pack:
@@ -92,48 +96,159 @@ def _bind(member: nn.Module, i: int, params: dict, buffers: dict) -> None:
 
 
 class PackedStep:
-    """One optimizer step of every member still training, on its own batch.
+    """One optimizer step of every member still training, on its own batch: what train.Step
+    is for one model. `optimizers[i]`, `label_smoothing[i]` and `scalers[i]` (float16's
+    gradient scaler, a no-op otherwise) are member i's; `autocast` is the members' precision.
 
-    `optimizers[i]` updates member i; `label_smoothing` as trainer.label_smoothing."""
+    A member whose loss is not finite is marked diverged (`diverged[i]`: the step) and updated
+    no more. `on_device`: that check stays on the device (no host sync, as a CUDA graph needs):
+    the member's fused optimizer skips the update through its `found_inf` flag, as a gradient
+    scaler would make it, and `alive()` reads the flags when asked."""
 
     def __init__(
         self,
         pack: Pack,
         optimizers: Sequence[torch.optim.Optimizer],
         label_smoothing: Sequence[float] | None = None,
+        autocast: contextlib.AbstractContextManager | None = None,
+        scalers: Sequence[torch.amp.GradScaler] | None = None,
+        on_device: bool = False,
     ):
         self.pack = pack
         self.optimizers = list(optimizers)
         self.label_smoothing = list(label_smoothing or [0.0] * len(pack))
-        self.diverged: list[int | None] = [None] * len(pack)  # the step each member diverged at
+        self.autocast = autocast or contextlib.nullcontext()
+        self.scalers = list(scalers or [None] * len(pack))
         self.steps = 0
         self.logits = torch.empty(0)  # the last step's, (members, batch, classes)
+        self.diverged: list[int | None] = [None] * len(pack)  # the step each diverged at
+        self.on_device = on_device
+        if on_device and any(s is not None and s.is_enabled() for s in self.scalers):
+            raise ValueError("float16's gradient scaler reads its loss scale on the host")
+        if on_device:
+            device = next(iter(pack.params.values())).device
+            self.skip = torch.zeros(len(pack), device=device)  # 1: diverged
+            for optimizer, skip in zip(self.optimizers, self.skip, strict=True):
+                optimizer.found_inf = skip  # read by torch's fused update, which then skips
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """(members, batch, ...) images and (members, batch) labels; returns each member's
         mean loss of this batch (members, ), as its solo step computes it."""
-        logits = self.pack(images)
-        losses = torch.stack(
-            [
-                nn.functional.cross_entropy(logits[i], labels[i], label_smoothing=smoothing)
-                for i, smoothing in enumerate(self.label_smoothing)
-            ]
-        )
+        with self.autocast:
+            logits = self.pack(images)
+            losses = torch.stack(
+                [
+                    nn.functional.cross_entropy(logits[i], labels[i], label_smoothing=smoothing)
+                    for i, smoothing in enumerate(self.label_smoothing)
+                ]
+            )
         self.logits = logits.detach()
         self.steps += 1
+        self.pack.zero_grad()
+        if self.on_device:
+            self.update_on_device(losses)
+        else:
+            self.update(losses)
+        return losses.detach()
+
+    def update(self, losses: torch.Tensor) -> None:
         finite = torch.isfinite(losses.detach()).tolist()
         for i, ok in enumerate(finite):
             if not ok and self.diverged[i] is None:
                 self.diverged[i] = self.steps
         training = [i for i, at in enumerate(self.diverged) if at is None]
-        self.pack.zero_grad()
-        if training:
-            # the sum's gradient for member i is its own loss's: the members never mix
-            sum(losses[i] for i in training).backward()
-            self.pack.hand_out_grads()
-            for i in training:
-                self.optimizers[i].step()
-        return losses.detach()
+        if not training:
+            return
+        # the sum's gradient for member i is its own loss's: the members never mix
+        sum(self.scale(i, losses[i]) for i in training).backward()
+        self.pack.hand_out_grads()
+        for i in training:
+            self.optimizer_step(i)
+
+    def update_on_device(self, losses: torch.Tensor) -> None:
+        self.skip.copy_(torch.maximum(self.skip, (~torch.isfinite(losses.detach())).float()))
+        # a diverged member's loss does not reach the backward pass; its rows of the gradient
+        # are its own, and its update is skipped
+        kept = torch.where(self.skip.bool(), torch.zeros_like(losses), losses)
+        kept.sum().backward()
+        self.pack.hand_out_grads()
+        for optimizer in self.optimizers:
+            optimizer.step()
+
+    def scale(self, i: int, loss: torch.Tensor) -> torch.Tensor:
+        scaler = self.scalers[i]
+        return loss if scaler is None else scaler.scale(loss)
+
+    def optimizer_step(self, i: int) -> None:
+        scaler = self.scalers[i]
+        if scaler is None:
+            self.optimizers[i].step()
+        else:
+            scaler.step(self.optimizers[i])
+            scaler.update()
 
     def alive(self) -> list[bool]:
+        """Whether each member still trains (on the device: a host sync)."""
+        if self.on_device:
+            return [not flag for flag in self.skip.tolist()]
         return [at is None for at in self.diverged]
+
+
+Outputs = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # losses, logits, labels
+
+
+class PlainPackedStep:
+    """Gather each member's batch, then step the pack: what the group's loop calls, uncaptured.
+    `batches` holds the members still training; a diverged one is handed another's batch (the
+    pack runs every member, and its results are not used)."""
+
+    name = "packed"
+
+    def __init__(self, step: PackedStep, loaders: Sequence[DeviceLoader]) -> None:
+        self.step, self.loaders = step, list(loaders)
+
+    def __call__(self, batches: dict[int, Batch]) -> Outputs:
+        gathered = {i: self.loaders[i].gather(batch) for i, batch in batches.items()}
+        filler = next(iter(gathered.values()))
+        pairs = [gathered.get(i, filler) for i in range(len(self.loaders))]
+        images, labels = torch.stack([x for x, _ in pairs]), torch.stack([y for _, y in pairs])
+        losses = self.step(images, labels)
+        return losses, self.step.logits, labels
+
+
+class StaticPackedStep:
+    """The pack's step on fixed buffers, as step.StaticStep is a model's: each member's batch,
+    augmentation draws and learning rates are copied into that member's StaticStep buffers,
+    the step reads them, checks divergence on the device and writes its outputs into buffers
+    of its own. `cuda_graph.CapturedPackedStep` records `run`. A partial last batch takes the
+    plain form. The members' optimizers must be fused (build.build_optimizer, static=True)."""
+
+    name = "packed-static"
+
+    def __init__(self, step: PackedStep, members: Sequence[StaticStep]) -> None:
+        self.step, self.members = step, list(members)
+        self.plain = PlainPackedStep(step, [m.loader for m in self.members])
+        self.outputs: Outputs | None = None
+
+    def __call__(self, batches: dict[int, Batch]) -> Outputs:
+        if any(len(b.index) != len(self.members[i].index) for i, b in batches.items()):
+            return self.plain(batches)
+        for i, batch in batches.items():
+            self.members[i].load(batch)
+        self.run()
+        return self.outputs
+
+    def run(self) -> None:
+        """The step on what the buffers hold: what a CUDA graph records."""
+        pairs = [m.loader.gather(Batch(-1, m.index, m.draws)) for m in self.members]
+        images, labels = torch.stack([x for x, _ in pairs]), torch.stack([y for _, y in pairs])
+        with contextlib.ExitStack() as stack:
+            for m in self.members:
+                stack.enter_context(tensor_lrs(m.step.optimizer, m.lrs))
+            losses = self.step(images, labels)
+        outputs = (losses, self.step.logits, labels)
+        if self.outputs is None:  # the first (eager) step allocates them
+            self.outputs = tuple(t.clone() for t in outputs)
+        else:
+            for buffer, t in zip(self.outputs, outputs, strict=True):
+                buffer.copy_(t)

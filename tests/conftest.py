@@ -160,3 +160,32 @@ def run_cli(*args: str, cwd: Path, module: str = "cnnbench") -> Ran:
                 handler.close()
                 logging.getLogger().removeHandler(handler)
     return Ran(code, out.getvalue(), err.getvalue())
+
+
+class FakeGraph:
+    """What cuda_graph.record returns, on the CPU: replay() runs the recorded body."""
+
+    def __init__(self, body) -> None:
+        self.body, self.replays = body, 0
+
+    def replay(self) -> None:
+        self.replays += 1
+        self.body()
+
+
+@pytest.fixture
+def fake_capture(monkeypatch):
+    """A captured step on the CPU: a recorded body replays eagerly, the side stream is none.
+    Returns the graphs recorded."""
+    from cnnbench import cuda_graph
+
+    graphs = []
+
+    def record(body):
+        graphs.append(FakeGraph(body))
+        return graphs[-1]
+
+    monkeypatch.setattr(cuda_graph, "choose", lambda cfg, device, world: ("captured", None))
+    monkeypatch.setattr(cuda_graph, "record", record)
+    monkeypatch.setattr(cuda_graph, "side_stream", contextlib.nullcontext)
+    return graphs

@@ -122,3 +122,29 @@ def test_a_step_that_cannot_be_captured_falls_back_in_one_line(
     assert results["status"] == "ok" and math.isfinite(results["train_loss"])
     lines = [r.message for r in caplog.records if "could not be captured" in r.message]
     assert len(lines) == 1 and "\n" not in lines[0]
+
+
+@pytest.mark.cuda
+@GPU
+def test_a_captured_pack_trains_as_the_plain_pack(make_cfg, tmp_path):
+    """A pack of three on CUDA takes the captured form (cuda_graph.CapturedPackedStep), whose
+    members agree with the plain pack's to rounding, a diverging member included."""
+    from cnnbench.group import train_group
+
+    run = ["trainer.epochs=2", "trainer.deterministic=true", "optimizer=sgd"]
+    run += ["optimizer.fused=true"]
+    points = [("optimizer.lr=0.05",), ("optimizer.lr=1e12",), ("optimizer.lr=0.01",)]
+    results = {}
+    try:
+        for name, graph in (("plain", "false"), ("captured", "auto")):
+            cfgs = [on(make_cfg, "cuda", *run, *p, f"trainer.cuda_graph={graph}") for p in points]
+            results[name] = train_group(cfgs, [tmp_path / f"{name}{i}" for i in range(3)])
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert [r["step"] for r in results["captured"]] == ["packed-captured"] * 3
+    assert [r["status"] for r in results["captured"]] == ["ok", "diverged", "ok"]
+    for plain, captured in zip(results["plain"], results["captured"], strict=True):
+        assert captured["status"] == plain["status"]
+        if plain["status"] == "ok":
+            assert captured["train_loss"] == pytest.approx(plain["train_loss"], rel=1e-4)
+            assert captured["test_acc"] == pytest.approx(plain["test_acc"], abs=0.01)

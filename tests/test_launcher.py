@@ -25,16 +25,28 @@ def test_points_that_differ_in_what_a_member_may_are_grouped():
             ("optimizer=sgd",),  # another optimizer class
             ("trainer.label_smoothing=0.1", "model.init=xavier", "dataset.flip=true"),
             ("dataset.batch_size=64",),  # another batch size
-            ("trainer.precision=16-mixed",),  # float16's scaler does not pack
+            ("trainer.precision=16-mixed",),  # another precision; float16 packs with itself
             ("trainer.precision=16-mixed", "trainer.seed=3"),
         )
     )
-    assert found == [[0, 1, 4], [2], [3], [5], [6], [7]]
+    assert found == [[0, 1, 4], [2], [3], [5], [6, 7]]
     assert groups(configs(*[(f"trainer.seed={s}",) for s in range(5)]), max_members=2) == [
         [0, 1],
         [2, 3],
         [4],
     ]
+
+
+def test_a_pack_holds_at_most_the_devices_default_unless_max_members_says():
+    from hydra_plugins.cnnbench_launcher.packed_launcher import PackedLauncher
+
+    task = compose(["trainer.device=cpu"])
+    launcher = PackedLauncher(pack="true")
+    assert launcher.packing(task) == (True, "hydra.launcher.pack=true")
+    assert launcher.size() == 8
+    launcher.device_type = "cuda"  # as packing() finds it on a GPU
+    assert launcher.size() == 16
+    assert PackedLauncher(max_members=3).size() == 3
 
 
 def sweep(tmp_path, data_root, name: str, *launcher: str):

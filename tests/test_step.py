@@ -1,7 +1,6 @@
 """The step a CUDA graph records (step.StaticStep) is the plain step: run uncaptured on the CPU,
 it gives the plain step's numbers bit for bit, and cuda_graph.choose says when it is used."""
 
-import contextlib
 import csv
 import signal
 
@@ -112,36 +111,6 @@ def test_where_capture_cannot_work_the_run_says_why_and_steps_plainly(
         assert reason in why and "\n" not in why
 
 
-class FakeGraph:
-    """What cuda_graph.record returns, on the CPU: replay() runs the recorded body."""
-
-    recorded = 0
-
-    def __init__(self, body) -> None:
-        FakeGraph.recorded += 1
-        self.body, self.replays = body, 0
-
-    def replay(self) -> None:
-        self.replays += 1
-        self.body()
-
-
-@pytest.fixture
-def fake_capture(monkeypatch):
-    """CapturedStep on the CPU: a recorded body replays eagerly, the side stream is none."""
-    FakeGraph.recorded = 0
-    graphs = []
-
-    def record(body):
-        graphs.append(FakeGraph(body))
-        return graphs[-1]
-
-    monkeypatch.setattr(cuda_graph, "choose", lambda cfg, device, world: ("captured", None))
-    monkeypatch.setattr(cuda_graph, "record", record)
-    monkeypatch.setattr(cuda_graph, "side_stream", contextlib.nullcontext)
-    return graphs
-
-
 def test_the_capture_layer_warms_up_records_once_and_replays_every_full_batch(
     make_cfg, tmp_path, monkeypatch, fake_capture
 ):
@@ -150,7 +119,7 @@ def test_the_capture_layer_warms_up_records_once_and_replays_every_full_batch(
     common = [*NETS["resnet_mini"], "trainer.epochs=2", "optimizer.fused=true"]
     captured = train(make_cfg(*common), tmp_path / "captured")
     assert captured["step"] == "captured"
-    assert FakeGraph.recorded == 1 and fake_capture[0].replays == 15
+    assert len(fake_capture) == 1 and fake_capture[0].replays == 15
     monkeypatch.setattr(cuda_graph, "choose", lambda cfg, device, world: ("plain", None))
     plain = train(make_cfg(*common), tmp_path / "plain")
     assert plain["step"] == "plain"

@@ -27,13 +27,18 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 log = logging.getLogger(__name__)
 
+# members per pack by device type: on a GPU, 16 small nets fill the kernels (issue 30's
+# measurement) and a pack that does not fit is halved; on a CPU a pack is for equal curves,
+# not speed (docs/performance.md)
+MEMBERS = {"cuda": 16, "cpu": 8}
+
 
 @dataclass
 class PackedLauncherConf:
     _target_: str = "hydra_plugins.cnnbench_launcher.packed_launcher.PackedLauncher"
     # auto: packed on CUDA, one after another elsewhere; true; false
     pack: str = "auto"
-    # the most points in one pack (null: every compatible point of the batch Hydra hands over)
+    # the most points in one pack (null: the device's default, MEMBERS)
     max_members: int | None = None
 
 
@@ -53,6 +58,7 @@ class PackedLauncher(Launcher):
     def __init__(self, pack: str = "auto", max_members: int | None = None) -> None:
         self.pack = str(pack).lower()
         self.max_members = max_members
+        self.device_type = "cpu"
         self.config: DictConfig | None = None
         self.hydra_context: HydraContext | None = None
         self.task_function: TaskFunction | None = None
@@ -69,7 +75,9 @@ class PackedLauncher(Launcher):
         jobs = [self.job(initial_job_idx + i, list(o)) for i, o in enumerate(job_overrides)]
         packing, why = self.packing(self.task(jobs[0]))
         found = self.groups(jobs) if packing else [[i] for i in range(len(jobs))]
-        how = "each group trained as one pack" if packing else "one after another"
+        how = "one after another"
+        if packing:
+            how = f"each group trained as one pack of at most {self.size()} members"
         log.info(f"packed launcher: {len(jobs)} jobs in {len(found)} groups; {how} ({why})")
         returns: dict[int, JobReturn] = {}
         for group in found:
@@ -106,7 +114,7 @@ class PackedLauncher(Launcher):
         tasks = [resolved(self.task(jobs[i])) for i in startable]
         found = [[startable[i] for i in group] for group in groups(tasks)]
         found += [[i] for i in range(len(jobs)) if i not in startable]
-        return [g[k : k + self.size(g)] for g in found for k in range(0, len(g), self.size(g))]
+        return [g[k : k + self.size()] for g in found for k in range(0, len(g), self.size())]
 
     def job(self, num: int, overrides: list[str]) -> Job:
         config = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
@@ -115,8 +123,9 @@ class PackedLauncher(Launcher):
             config.hydra.job.num = num
         return Job(num, overrides, config)
 
-    def size(self, group: list[int]) -> int:
-        return self.max_members or len(group)
+    def size(self) -> int:
+        """hydra.launcher.max_members, or the device's default."""
+        return self.max_members or MEMBERS.get(self.device_type, MEMBERS["cpu"])
 
     def can_start(self, job: Job) -> bool:
         from cnnbench.errors import USER_ERRORS
@@ -135,8 +144,6 @@ class PackedLauncher(Launcher):
         return OmegaConf.masked_copy(job.config, [k for k in job.config if k != "hydra"])
 
     def packing(self, task: DictConfig) -> tuple[bool, str]:
-        if self.pack in ("true", "false"):
-            return self.pack == "true", f"hydra.launcher.pack={self.pack}"
         from cnnbench.distributed import resolve_device
         from cnnbench.errors import ConfigError
 
@@ -144,6 +151,9 @@ class PackedLauncher(Launcher):
             device = resolve_device(task.trainer.device)
         except ConfigError:  # the job says so when it runs
             return False, f"trainer.device={task.trainer.device} is not a device here"
+        self.device_type = device.type
+        if self.pack in ("true", "false"):
+            return self.pack == "true", f"hydra.launcher.pack={self.pack}"
         if device.type == "cuda":
             return True, "CUDA: a pack's step is one set of larger kernels"
         return False, f"{device.type}: packing is slower here, docs/performance.md"
