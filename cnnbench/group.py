@@ -6,7 +6,8 @@ the schedule's settings, the seed, model.init and label smoothing. They share th
 architecture, the dataset, the batch size, the epochs, the precision and the device, so their
 epochs have the same batches, stepped in lockstep: one vmapped forward and backward for all,
 then each member's own optimizer, schedule, sums and logging. A member that diverges is
-recorded as diverged and stops; the others go on.
+recorded as diverged and stops; the others go on. The pack's step takes the form its members'
+steps would (cuda_graph.choose): captured on CUDA, plain on the CPU.
 """
 
 from __future__ import annotations
