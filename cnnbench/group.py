@@ -109,7 +109,9 @@ def pack_runner(members: list[Member]) -> PlainPackedStep | StaticPackedStep:
     on CUDA where each member's would be, else plain (on the CPU, static with
     trainer.cuda_graph=true)."""
     runners = [m.runner for m in members]
-    static = all(isinstance(r, StaticStep) for r in runners)
+    # float16's scaler reads its scale on the host (on CUDA, choose() says so already)
+    scaled = any(m.engine.scaler.is_enabled() for m in members)
+    static = all(isinstance(r, StaticStep) for r in runners) and not scaled
     step = PackedStep(
         Pack([m.state.parts.model for m in members]),
         [m.state.parts.optimizer for m in members],

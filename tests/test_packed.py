@@ -343,3 +343,12 @@ def test_a_captured_pack_records_once_and_replays_every_full_batch(
     group_of(make_cfg, tmp_path, "plain", "mlp")
     for i in range(3):
         assert_same_files(tmp_path / f"plain{i}", tmp_path / f"captured{i}")
+
+
+def test_a_float16_pack_asked_to_capture_steps_plainly(make_cfg, tmp_path):
+    """float16's scaler reads its scale on the host, so the pack takes the plain form."""
+    common = ("model=lenet_bn", "trainer.precision=16-mixed", "trainer.cuda_graph=true")
+    common += ("trainer.limit_train_batches=3",)
+    cfgs = [make_cfg(*common, f"trainer.seed={seed}") for seed in (0, 1)]
+    results = train_group(cfgs, [tmp_path / "a", tmp_path / "b"])
+    assert [(r["status"], r["step"]) for r in results] == [("ok", "packed")] * 2
