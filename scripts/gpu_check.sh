@@ -74,8 +74,8 @@ if [ "$cuda" = 1 ]; then
         hydra.sweep.dir="$work/fashion_resnet"
     # issue 30: N models' step one after another against the same N packed (packed.py)
     step "packed step" bash -c "python tools/packed_step.py --device cuda | tee '$work/packed_step.txt'"
-    step "packed sweep" bash -c "python tools/packed_sweep.py --data '$data' --device cuda \
-        | tee '$work/packed_sweep.txt'"
+    step "packed sweep" python tools/packed_sweep.py --data "$data" --device cuda \
+        --json "$work/packed_sweep.json"
 else
     printf 'CUDA\tnot available here: the CUDA cases were skipped\n' >>"$work/steps.txt"
 fi

@@ -140,6 +140,24 @@ def quick_row(work: Path) -> tuple[str, str, str]:
     )
 
 
+def packed_rows(work: Path) -> list[tuple[str, str, str]]:
+    """Issue 30: the same sweep with the basic launcher and packed (tools/packed_sweep.py)."""
+    path = work / "packed_sweep.json"
+    if not path.is_file():
+        return [("packed sweep", "missing", ">= 4x the basic launcher (LeNet-5 x16)")]
+    measured = json.loads(path.read_text())
+    rows = []
+    for name, s in measured["sweeps"].items():
+        figure = (
+            f"basic {s['basic']:.1f} s, packed {s['packed']:.1f} s "
+            f"({s['basic'] / s['packed']:.2f}x), auto {s['auto']:.1f} s "
+            f"({s['basic'] / s['auto']:.2f}x), {measured['epochs']} epochs"
+        )
+        target = ">= 4x the basic launcher" if name.startswith("lenet5") else ""
+        rows.append((f"packed sweep {name}", figure, target))
+    return rows
+
+
 def steps_rows(work: Path) -> list[tuple[str, str, str]]:
     path = work / "steps.txt"
     lines = path.read_text().splitlines() if path.is_file() else []
@@ -155,6 +173,7 @@ def main(work: Path) -> None:
         *lenet5_rows(work),
         fast_mnist_row(work),
         *resnet_rows(work),
+        *packed_rows(work),
     ]
     device = (work / "device.txt").read_text().strip() if (work / "device.txt").is_file() else "?"
     print(f"\n## GPU check: {device}\n\n| what | measured | target |\n| --- | --- | --- |")

@@ -6,6 +6,8 @@ time of each whole command and the speed-up over the basic launcher (issue 30's 
     python tools/packed_sweep.py --data ../shared/data --device cuda
     python tools/packed_sweep.py --data ../shared/data --limit-batches 5 --epochs 1   # a check
 
+`--json PATH` also writes the seconds of each (tools/gpu_summary.py reads them).
+
 The sweeps: LeNet-5 on MNIST, 4 learning rates x 4 seeds, 3 epochs (16 points); ResNet-mini,
 2 learning rates x 4 seeds (8 points). Each command runs in a process of its own.
 """
@@ -13,6 +15,7 @@ The sweeps: LeNet-5 on MNIST, 4 learning rates x 4 seeds, 3 epochs (16 points); 
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 import tempfile
@@ -56,6 +59,7 @@ def main() -> None:
     parser.add_argument("--limit-batches", type=int, help="trainer.limit_train_batches")
     parser.add_argument("--threads", type=int, help="trainer.threads")
     parser.add_argument("--sweeps", nargs="+", choices=list(SWEEPS), default=list(SWEEPS))
+    parser.add_argument("--json", type=Path, help="also write the seconds here")
     args = parser.parse_args()
     common = [f"dataset.root={args.data}", f"trainer.device={args.device}"]
     if args.threads:
@@ -64,12 +68,16 @@ def main() -> None:
     if args.limit_batches:
         common.append(f"trainer.limit_train_batches={args.limit_batches}")
     print(f"{'sweep':<16} {'basic':>9} {'packed':>9} {'speed-up':>9} {'auto':>9} {'speed-up':>9}")
+    measured = {"device": args.device, "epochs": args.epochs, "sweeps": {}}
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.sweeps:
             seconds = {
                 launcher: timed([*SWEEPS[name], *common, *extra], Path(tmp) / f"{name}-{launcher}")
                 for launcher, extra in LAUNCHERS.items()
             }
+            measured["sweeps"][name] = seconds
+            if args.json:  # after each sweep: a later one that fails keeps the earlier
+                args.json.write_text(json.dumps(measured, indent=1))
             basic, packed, auto = seconds["basic"], seconds["packed"], seconds["auto"]
             print(
                 f"{name:<16} {basic:>8.1f}s {packed:>8.1f}s {basic / packed:>8.2f}x "
