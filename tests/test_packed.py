@@ -191,10 +191,18 @@ def test_a_member_that_diverges_is_recorded_and_the_others_finish(make_cfg, tmp_
     assert results[0]["train_loss"] == pytest.approx(alone["train_loss"], rel=1e-5)
 
 
-@pytest.mark.parametrize("step", [3, 7])  # mid-epoch 1, mid-epoch 2
-def test_a_stopped_group_resumes_every_member_exactly(make_cfg, tmp_path, monkeypatch, step):
-    common = ("model=lenet", "optimizer=sgd", "optimizer.momentum=0.9")
-    common += ("trainer.limit_train_batches=5",)
+# mid-epoch 1, mid-epoch 2; the plain pack, and the static one a CUDA graph records
+@pytest.mark.parametrize(
+    ("step", "form"),
+    [
+        (3, "trainer.cuda_graph=false"),
+        (7, "trainer.cuda_graph=false"),
+        (7, "trainer.cuda_graph=true"),
+    ],
+)
+def test_a_stopped_group_resumes_every_member_exactly(make_cfg, tmp_path, monkeypatch, step, form):
+    common = ("model=lenet", "optimizer=sgd", "optimizer.momentum=0.9", form)
+    common += ("trainer.limit_train_batches=5", "scheduler=cosine")
     cfgs = [
         make_cfg(*common, f"optimizer.lr={lr}", f"trainer.seed={i}")
         for i, lr in enumerate((0.05, 0.01))
