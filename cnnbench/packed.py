@@ -203,6 +203,11 @@ class PackedStep:
 Outputs = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # losses, logits, labels
 
 
+def stacked(pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The members' (images, labels) as (members, batch, ...) images and (members, batch) labels."""
+    return torch.stack([x for x, _ in pairs]), torch.stack([y for _, y in pairs])
+
+
 class PlainPackedStep:
     """Gather each member's batch, then step the pack: what the group's loop calls, uncaptured.
     `batches` holds the members still training; a diverged one is handed another's batch (the
@@ -216,8 +221,7 @@ class PlainPackedStep:
     def __call__(self, batches: dict[int, Batch]) -> Outputs:
         gathered = {i: self.loaders[i].gather(batch) for i, batch in batches.items()}
         filler = next(iter(gathered.values()))
-        pairs = [gathered.get(i, filler) for i in range(len(self.loaders))]
-        images, labels = torch.stack([x for x, _ in pairs]), torch.stack([y for _, y in pairs])
+        images, labels = stacked([gathered.get(i, filler) for i in range(len(self.loaders))])
         losses = self.step(images, labels)
         return losses, self.step.logits, labels
 
@@ -246,8 +250,9 @@ class StaticPackedStep:
 
     def run(self) -> None:
         """The step on what the buffers hold: what a CUDA graph records."""
-        pairs = [m.loader.gather(Batch(-1, m.index, m.draws)) for m in self.members]
-        images, labels = torch.stack([x for x, _ in pairs]), torch.stack([y for _, y in pairs])
+        images, labels = stacked(
+            [m.loader.gather(Batch(-1, m.index, m.draws)) for m in self.members]
+        )
         with contextlib.ExitStack() as stack:
             for m in self.members:
                 stack.enter_context(tensor_lrs(m.step.optimizer, m.lrs))
