@@ -152,6 +152,7 @@ def test_ablation_measures_every_switch_side_by_side(tmp_path, data_root, cache_
             "--json",
             str(out),
             *overrides(data_root, cache_dir),
+            "dataset.batch_size=32",  # bf16 on a CPU without bf16 units is slow
         ]
     )
     rows = json.loads(out.read_text())["ablation"]
